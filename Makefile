@@ -1,0 +1,48 @@
+# 《LLM推理优化实战》 companion labs. Two commands do everything on a fresh machine:
+#   make demo   set up, then run the headline demo on the real model
+#   make test   set up, then run unit tests, the lab check and every notebook
+PY      := .venv/bin/python
+STAMP   := .venv/.setup-stamp
+STAGE   := scripts/stage.sh
+NBVAL   := $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider
+NOTEBOOKS = $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
+
+.PHONY: setup demo test unit check-labs nbval doctor notebooks jupyter clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt requirements-gpu.txt requirements-common.txt requirements-nodeps.txt pyproject.toml scripts/setup.sh
+	@$(STAGE) setup scripts/setup.sh
+	@touch $@
+
+demo: setup
+	@$(STAGE) demo $(PY) -m common.demo
+
+test: setup
+	@$(STAGE) "unit tests" $(PY) -m pytest tests -q
+	@$(STAGE) "lab check" $(PY) -m labs.check
+	@$(STAGE) notebooks $(MAKE) --no-print-directory nbval
+
+nbval: setup
+	@if [ -n "$(NOTEBOOKS)" ]; then $(NBVAL) $(NOTEBOOKS); else echo "no notebooks yet"; fi
+
+check-labs: setup
+	@$(STAGE) "lab check" $(PY) -m labs.check
+
+lab-%: setup
+	@$(PY) -m pytest -q labs/lab$*
+
+doctor: setup
+	@$(PY) -m common.doctor
+
+notebooks: setup
+	@for nb in $(NOTEBOOKS); do \
+	  $(STAGE) "execute $$nb" $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
+	    --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=llm-labs "$$nb" || exit 1; \
+	done
+
+jupyter: setup
+	@$(PY) -m jupyter lab --notebook-dir=.
+
+clean:
+	rm -rf .venv .cache

@@ -1,0 +1,55 @@
+"""Device and dtype choices made at run time, and a timer that waits for the device."""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+          "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """The requested device, or CUDA when present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(DTYPES)}") from None
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Wait for queued kernels so that wall-clock timings mean something on a GPU."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def is_cuda(device: torch.device | str) -> bool:
+    return torch.device(device).type == "cuda"
+
+
+def scaled(cpu_value: int, cuda_value: int, device: torch.device | str | None = None) -> int:
+    """Pick a workload size by device: small on CPU, larger on a GPU."""
+    return cuda_value if is_cuda(pick_device(device)) else cpu_value
+
+
+@contextmanager
+def timed(device: torch.device | str = "cpu") -> Iterator[dict]:
+    """`with timed(dev) as t: ...` then `t["s"]` holds the elapsed seconds."""
+    result: dict = {}
+    synchronize(device)
+    start = time.perf_counter()
+    try:
+        yield result
+    finally:
+        synchronize(device)
+        result["s"] = time.perf_counter() - start

@@ -1,0 +1,185 @@
+"""A Llama-family decoder written from scratch: embedding → N × (RMSNorm, GQA attention with RoPE,
+RMSNorm, SwiGLU) → RMSNorm → LM head (tied to the embedding for SmolLM2).
+
+Module names follow Hugging Face's checkpoint names, so a converted folder's safetensors
+load as they are. Attention over a KV cache is delegated to the cache object (see
+`AttentionCache`), so the same model runs with no cache, a contiguous cache (chapter 5) or a
+paged cache inside the engine (chapters 6–7).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from .attention import sdpa
+from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
+
+
+class ContextLengthError(ValueError):
+    """A sequence would run past the model's maximum position."""
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = True
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "LlamaConfig":
+        """Read a Hugging Face config.json (transformers 4 or 5 layout)."""
+        raw = dict(raw)
+        raw.setdefault("head_dim", raw["hidden_size"] // raw["num_attention_heads"])
+        raw.setdefault("num_key_value_heads", raw["num_attention_heads"])
+        if "rope_theta" not in raw:  # transformers 5 nests it in rope_parameters
+            raw["rope_theta"] = (raw.get("rope_parameters") or {}).get("rope_theta", 10000.0)
+        scaling = raw.get("rope_scaling") or (raw.get("rope_parameters") or {})
+        if scaling.get("rope_type", "default") not in ("default", None):
+            raise NotImplementedError(f"RoPE scaling {scaling['rope_type']!r} is not implemented")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in raw.items() if k in names})
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> "LlamaConfig":
+        return cls.from_dict(json.loads((Path(folder) / "config.json").read_text()))
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """K and V for every layer, per token, at 2 bytes per value (bf16/fp16)."""
+        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * 2
+
+
+class AttentionCache(Protocol):
+    """What the model needs from a KV cache: attend over stored keys after adding new ones."""
+
+    seq_len: int
+
+    def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Store k, v (new tokens) for this layer, return attention of q over all keys."""
+
+    def advance(self, num_tokens: int) -> None:
+        """Called once per forward after every layer has stored its keys."""
+
+
+class Attention(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        hidden = config.hidden_size
+        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: AttentionCache | None) -> torch.Tensor:
+        batch, seq, _ = x.shape
+        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        out = sdpa(q, k, v, causal=True) if cache is None else cache.attend(self.layer_idx, q, k, v)
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                cache: AttentionCache | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, config: LlamaConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def hidden_states(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                      cache: AttentionCache | None = None) -> torch.Tensor:
+        """Final-norm hidden states [batch, seq, hidden].
+
+        positions: [batch, seq] or [seq] absolute positions; by default they continue the cache.
+        """
+        seq = input_ids.shape[-1]
+        if positions is None:
+            start = cache.seq_len if cache is not None else 0
+            if start + seq > self.config.max_position_embeddings:
+                raise ContextLengthError(
+                    f"{start + seq} tokens exceed the model's context of "
+                    f"{self.config.max_position_embeddings} positions")
+            positions = torch.arange(start, start + seq, device=input_ids.device)
+        cos, sin = self.rotary(positions, self.dtype)
+        x = self.embed_tokens(input_ids)
+        for layer in self.layers:
+            x = layer(x, cos, sin, cache)
+        if cache is not None:
+            cache.advance(seq)
+        return self.norm(x)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor | None = None,
+                cache: AttentionCache | None = None, last_only: bool = False) -> torch.Tensor:
+        """Logits [batch, seq, vocab] (or [batch, 1, vocab] with last_only, which skips the
+        LM head on all but the last position: most of prefill's LM-head cost)."""
+        h = self.hidden_states(input_ids, positions, cache)
+        return self.lm_head(h[:, -1:] if last_only else h)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> "Llama":
+        """Load a Hugging Face folder (config.json + *.safetensors) into the from-scratch model."""
+        folder = Path(folder)
+        config = LlamaConfig.from_pretrained(folder)
+        with torch.device("meta"):
+            model = cls(config)
+        state: dict[str, torch.Tensor] = {}
+        for file in sorted(folder.glob("*.safetensors")):
+            for name, tensor in load_file(file, device=str(device)).items():
+                state[name.removeprefix("model.")] = tensor.to(dtype)
+        if config.tie_word_embeddings:
+            state["lm_head.weight"] = state["embed_tokens.weight"]
+        model.load_state_dict(state, strict=True, assign=True)
+        if config.tie_word_embeddings:
+            model.lm_head.weight = model.embed_tokens.weight
+        model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
+        return model.eval()

@@ -1,0 +1,53 @@
+"""Model registry and loaders used by every chapter, lab and test.
+
+    hf_model_dir(name)                      -> Path of the converted Hugging Face folder
+    load_tokenizer(name)                    -> the model's tokenizer (with its chat template)
+    load_model(name, dtype, device)         -> the from-scratch `common.llama.Llama`
+    load_hf_model(name, dtype, device)      -> transformers' model, the reference
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import torch
+
+from ..device import parse_dtype, pick_device
+from ..llama import Llama, LlamaConfig
+from .convert import ModelNotInstalledError
+from .registry import MODELS, get_spec, hf_model_dir, is_cached
+
+__all__ = ["MODELS", "ModelNotInstalledError", "chat_prompt_ids", "get_spec", "hf_model_dir", "is_cached",
+           "load_config", "load_hf_model", "load_model", "load_tokenizer"]
+
+
+def load_config(name: str) -> LlamaConfig:
+    return LlamaConfig.from_pretrained(hf_model_dir(name))
+
+
+@lru_cache(maxsize=None)
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(hf_model_dir(name))
+
+
+def load_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None) -> Llama:
+    """The from-scratch model with the registry's weights, in eval mode."""
+    return Llama.from_pretrained(hf_model_dir(name), parse_dtype(dtype), pick_device(device))
+
+
+def load_hf_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None):
+    """transformers' LlamaForCausalLM on the same folder: the reference our model is checked against."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_model_dir(name), dtype=parse_dtype(dtype),
+                                                 attn_implementation="sdpa")
+    return model.to(pick_device(device)).eval()
+
+
+def chat_prompt_ids(name: str, user_message: str, system: str | None = None) -> list[int]:
+    """Token ids of a one-turn chat, formatted by the model's chat template, ready for the reply."""
+    tokenizer = load_tokenizer(name)
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_message}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.encode(text, add_special_tokens=False)
