@@ -1,0 +1,1 @@
+"""Real peer engines run beside ours on the same model and workload: vLLM, SGLang, transformers."""

