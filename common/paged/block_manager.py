@@ -1,0 +1,193 @@
+"""Per-sequence block tables over a shared block pool: allocate, append, fork, free, prefix hits.
+
+The scheduler talks to this class only in token counts; the KV store applies the physical
+consequences (slot mappings to write into, block copies after copy-on-write).
+Copy-on-write copies only a shared, partially filled LAST block: full blocks are immutable and
+stay shared (the book copies the whole shared prefix on fork; vLLM, like this class, does not).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .block_allocator import BlockAllocator, NoFreeBlocksError
+from .prefix_cache import PrefixCache, block_hash, chain_hashes, ROOT_HASH
+
+
+@dataclass
+class PrefixCacheStats:
+    """Cumulative, counted like vLLM's metrics: queries = prompt tokens looked up, hits = reused."""
+    queries: int = 0
+    hits: int = 0
+    requests: int = 0
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hits / self.queries if self.queries else 0.0
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
+        if block_size <= 0:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        self.block_size = block_size
+        self.allocator = BlockAllocator(num_blocks)
+        self.enable_prefix_caching = enable_prefix_caching
+        self.prefix_cache = PrefixCache(self.allocator)
+        self.stats = PrefixCacheStats()
+        self._tables: dict[object, list[int]] = {}
+        self._num_tokens: dict[object, int] = {}
+        self._hashes: dict[object, list[int]] = {}  # chained hashes of the seq's computed full blocks
+        self.pending_copies: list[tuple[int, int]] = []
+
+    # ---- capacity -------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return self.allocator.num_blocks
+
+    @property
+    def num_free_blocks(self) -> int:
+        """Free plus evictable (cached, unused) blocks: what a new request can draw on."""
+        return self.allocator.num_free + self.prefix_cache.num_evictable
+
+    @property
+    def usage(self) -> float:
+        return 1.0 - self.num_free_blocks / self.num_blocks
+
+    def blocks_needed(self, num_tokens: int) -> int:
+        if num_tokens < 0:
+            raise ValueError(f"num_tokens must be >= 0, got {num_tokens}")
+        return -(-num_tokens // self.block_size)
+
+    def _new_block(self) -> int:
+        if self.allocator.num_free == 0 and self.prefix_cache.num_evictable:
+            self.prefix_cache.evict_one()
+        return self.allocator.allocate()
+
+    def _cache_hits(self, token_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+        """(hashes, blocks) of the cached full-block prefix, leaving at least one token to compute."""
+        if not self.enable_prefix_caching or len(token_ids) == 0:
+            return [], []
+        usable = (len(token_ids) - 1) // self.block_size
+        hashes = chain_hashes(token_ids[:usable * self.block_size], self.block_size)
+        blocks = self.prefix_cache.lookup(hashes)
+        return hashes[:len(blocks)], blocks
+
+    # ---- sequences ------------------------------------------------------------------------
+    def can_allocate(self, token_ids: Sequence[int]) -> bool:
+        _, hit = self._cache_hits(token_ids)
+        reusing_evictable = sum(self.prefix_cache.is_evictable(b) for b in hit)
+        new = self.blocks_needed(len(token_ids)) - len(hit)
+        return new <= self.num_free_blocks - reusing_evictable
+
+    def allocate(self, seq_id: object, token_ids: Sequence[int]) -> int:
+        """Build the block table of a new prompt; returns how many tokens are already cached."""
+        if seq_id in self._tables:
+            raise ValueError(f"sequence {seq_id!r} already has blocks")
+        if len(token_ids) == 0:
+            raise ValueError("cannot allocate an empty prompt")
+        if not self.can_allocate(token_ids):
+            raise NoFreeBlocksError(f"{self.blocks_needed(len(token_ids))} blocks needed, "
+                                    f"{self.num_free_blocks} free")
+        hashes, hit = self._cache_hits(token_ids)
+        for block in hit:
+            self.prefix_cache.acquire(block)
+        table = list(hit)
+        table += [self._new_block() for _ in range(self.blocks_needed(len(token_ids)) - len(hit))]
+        self._tables[seq_id], self._num_tokens[seq_id], self._hashes[seq_id] = table, len(token_ids), hashes
+        num_cached = len(hit) * self.block_size
+        if self.enable_prefix_caching:
+            self.stats.requests += 1
+            self.stats.queries += len(token_ids)
+            self.stats.hits += num_cached
+        return num_cached
+
+    def _needs_cow(self, seq_id: object, num_tokens_after: int) -> bool:
+        n = self._num_tokens[seq_id]
+        if n % self.block_size == 0 or num_tokens_after <= n:
+            return False
+        last = self._tables[seq_id][-1]
+        users = self.allocator.ref_count(last) - (1 if self.prefix_cache.is_cached(last) else 0)
+        return users > 1
+
+    def can_append(self, seq_id: object, num_new_tokens: int = 1) -> bool:
+        after = self._num_tokens[self._known(seq_id)] + num_new_tokens
+        need = self.blocks_needed(after) - len(self._tables[seq_id]) + self._needs_cow(seq_id, after)
+        return need <= self.num_free_blocks
+
+    def append_slots(self, seq_id: object, num_tokens_after: int) -> list[tuple[int, int]]:
+        """Grow the table to hold `num_tokens_after` tokens. Returns the (src, dst) block copies
+        (copy-on-write of a shared last partial block) the caller must apply to the KV store;
+        they are also appended to `pending_copies`."""
+        table = self._tables[self._known(seq_id)]
+        if num_tokens_after < self._num_tokens[seq_id]:
+            raise ValueError(f"sequence {seq_id!r} has {self._num_tokens[seq_id]} tokens; cannot shrink "
+                             f"to {num_tokens_after}")
+        if not self.can_append(seq_id, num_tokens_after - self._num_tokens[seq_id]):
+            raise NoFreeBlocksError(f"not enough free blocks to grow {seq_id!r} to {num_tokens_after} tokens")
+        copies = []
+        if self._needs_cow(seq_id, num_tokens_after):
+            src, dst = table[-1], self._new_block()
+            self.prefix_cache.release(src)
+            table[-1] = dst
+            copies.append((src, dst))
+        while len(table) < self.blocks_needed(num_tokens_after):
+            table.append(self._new_block())
+        self._num_tokens[seq_id] = num_tokens_after
+        self.pending_copies.extend(copies)
+        return copies
+
+    def mark_computed(self, seq_id: object, token_ids: Sequence[int], num_computed_tokens: int) -> None:
+        """Register the sequence's newly full, computed blocks in the prefix cache."""
+        if not self.enable_prefix_caching:
+            return
+        table, hashes = self._tables[self._known(seq_id)], self._hashes[seq_id]
+        if num_computed_tokens > min(len(token_ids), self._num_tokens[seq_id]):
+            raise ValueError(f"{num_computed_tokens} computed tokens but the sequence holds "
+                             f"{min(len(token_ids), self._num_tokens[seq_id])}")
+        parent = hashes[-1] if hashes else ROOT_HASH
+        for i in range(len(hashes), num_computed_tokens // self.block_size):
+            parent = block_hash(parent, token_ids[i * self.block_size:(i + 1) * self.block_size])
+            hashes.append(parent)
+            self.prefix_cache.register(parent, table[i])  # False: an equal block is cached already
+
+    def fork(self, parent_id: object, child_id: object) -> None:
+        """The child shares every block of the parent (n>1 sampling, beam search)."""
+        if child_id in self._tables:
+            raise ValueError(f"sequence {child_id!r} already exists")
+        table = self._tables[self._known(parent_id)]
+        for block in table:
+            self.allocator.incref(block)
+        self._tables[child_id] = list(table)
+        self._num_tokens[child_id] = self._num_tokens[parent_id]
+        self._hashes[child_id] = list(self._hashes[parent_id])
+
+    def free(self, seq_id: object) -> None:
+        """Release a finished sequence; cached blocks become evictable, tail blocks first."""
+        table = self._tables.pop(self._known(seq_id))
+        del self._num_tokens[seq_id], self._hashes[seq_id]
+        for block in reversed(table):
+            self.prefix_cache.release(block)
+
+    # ---- views ----------------------------------------------------------------------------
+    def _known(self, seq_id: object) -> object:
+        if seq_id not in self._tables:
+            raise KeyError(f"unknown sequence {seq_id!r}")
+        return seq_id
+
+    def has_seq(self, seq_id: object) -> bool:
+        return seq_id in self._tables
+
+    def num_tokens(self, seq_id: object) -> int:
+        return self._num_tokens[self._known(seq_id)]
+
+    def block_table(self, seq_id: object) -> list[int]:
+        return list(self._tables[self._known(seq_id)])
+
+    def slot_mapping(self, seq_id: object, start: int, end: int) -> list[int]:
+        """Physical slots (block * block_size + offset) of positions start..end-1."""
+        table = self._tables[self._known(seq_id)]
+        if not 0 <= start <= end <= len(table) * self.block_size:
+            raise ValueError(f"positions {start}..{end} outside the {len(table)} blocks of {seq_id!r}")
+        bs = self.block_size
+        return [table[p // bs] * bs + p % bs for p in range(start, end)]

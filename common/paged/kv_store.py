@@ -1,0 +1,60 @@
+"""The physical paged KV memory: per layer, K and V of shape [num_blocks, block_size, kv_heads, head_dim].
+
+Token t of a sequence lives at slot table[t // block_size] * block_size + t % block_size, so a
+flat view [num_blocks * block_size, kv_heads, head_dim] is written with one index_copy per layer.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+from ..llama import LlamaConfig
+
+
+def kv_bytes_per_token(config: LlamaConfig, dtype: torch.dtype) -> int:
+    """K and V of every layer for one token."""
+    element = torch.empty((), dtype=dtype).element_size()
+    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
+
+
+class PagedKVStore:
+    def __init__(self, config: LlamaConfig, num_blocks: int, block_size: int,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
+        if num_blocks <= 0 or block_size <= 0:
+            raise ValueError(f"num_blocks and block_size must be positive, got {num_blocks}, {block_size}")
+        self.config, self.num_blocks, self.block_size = config, num_blocks, block_size
+        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+        self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.k_cache) + sum(t.nbytes for t in self.v_cache)
+
+    @staticmethod
+    def num_blocks_for_memory(config: LlamaConfig, num_bytes: int, block_size: int, dtype: torch.dtype) -> int:
+        """How many blocks fit in a KV budget of `num_bytes`."""
+        return int(num_bytes // (kv_bytes_per_token(config, dtype) * block_size))
+
+    def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k/v [tokens, kv_heads, head_dim] at the given flat slots."""
+        if k.shape != v.shape or k.shape[0] != slot_mapping.numel() or k.shape[1:] != self.k_cache[layer].shape[2:]:
+            raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)} do not match {slot_mapping.numel()} slots "
+                             f"of [{', '.join(map(str, self.k_cache[layer].shape[2:]))}]")
+        slots = slot_mapping.to(device=k.device, dtype=torch.long)
+        if slots.numel() and (slots.min() < 0 or slots.max() >= self.num_blocks * self.block_size):
+            raise ValueError("slot out of range")
+        flat = (-1,) + tuple(self.k_cache[layer].shape[2:])
+        self.k_cache[layer].view(flat).index_copy_(0, slots, k.to(self.k_cache[layer].dtype))
+        self.v_cache[layer].view(flat).index_copy_(0, slots, v.to(self.v_cache[layer].dtype))
+
+    def copy_blocks(self, pairs: Iterable[tuple[int, int]]) -> None:
+        """Apply copy-on-write copies (src block → dst block) in every layer."""
+        pairs = list(pairs)
+        if not pairs:
+            return
+        src = torch.tensor([s for s, _ in pairs], device=self.k_cache[0].device)
+        dst = torch.tensor([d for _, d in pairs], device=self.k_cache[0].device)
+        for cache in (*self.k_cache, *self.v_cache):
+            cache[dst] = cache[src]
