@@ -1,0 +1,253 @@
+"""`LLM`: the offline engine with vLLM's API (`from common.engine import LLM, SamplingParams`).
+
+Each `step()`: schedule (decodes first, then chunked prefills under the token budget) →
+build the ragged batch → one forward over the paged KV cache → sample every sequence that
+finished its pending tokens → check stops. Blocks come from `common.paged.BlockManager`,
+K/V live in `common.paged.PagedKVStore`.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any, Sequence as Seq
+
+import torch
+from tqdm.auto import tqdm
+
+from ..device import parse_dtype, pick_device
+from ..llama import Llama
+from ..paged import BlockManager, PagedKVStore
+from .runner import ModelRunner
+from .sampler import SamplingBatch, sample
+from .sampling_params import SamplingParams
+from .scheduler import Scheduler, check_policy
+from .sequence import RequestOutput, Sequence, Status, completion_of
+from .stats import StepStats
+
+DEFAULT_KV_CACHE_MEMORY = 1 << 30
+
+
+class LLM:
+    def __init__(self, model: str | Llama = "smollm2-135m", dtype: str | torch.dtype = "bfloat16",
+                 device: str | torch.device | None = None, block_size: int = 16,
+                 kv_cache_memory: int | None = None, num_blocks: int | None = None, max_num_seqs: int = 256,
+                 max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
+                 enable_chunked_prefill: bool = True, scheduling_policy: str = "fcfs",
+                 max_model_len: int | None = None, tokenizer: Any = None, aging: float = 0.0) -> None:
+        check_policy(scheduling_policy)
+        if isinstance(model, Llama):
+            self.model, self.model_name = model, None
+        else:
+            from ..models import load_model
+            self.model, self.model_name = load_model(model, dtype, device), model
+        self.tokenizer = tokenizer
+        if self.tokenizer is None and self.model_name is not None:
+            from ..models import load_tokenizer
+            self.tokenizer = load_tokenizer(self.model_name)
+        self.config = self.model.config
+        self.device = pick_device(self.model.device)
+        self.dtype = self.model.dtype
+        self.max_model_len = max_model_len or self.config.max_position_embeddings
+        if num_blocks is None:
+            num_blocks = PagedKVStore.num_blocks_for_memory(
+                self.config, kv_cache_memory or DEFAULT_KV_CACHE_MEMORY, block_size, self.dtype)
+        if num_blocks < 1:
+            raise ValueError(f"the KV cache must hold at least one block, got num_blocks={num_blocks}")
+        self.block_size = block_size
+        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
+        self.kv_store = PagedKVStore(self.config, num_blocks, block_size, self.dtype, self.device)
+        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
+                                   enable_chunked_prefill, scheduling_policy, aging)
+        self.runner = ModelRunner(self.model, self.kv_store.k_cache, self.kv_store.v_cache, block_size,
+                                  self.block_manager.block_table)
+        self.eos_token_id = self.config.eos_token_id
+        self.stats: list[StepStats] = []
+        self._seq_ids = itertools.count()
+        self._request_ids = itertools.count()
+        self._requests: dict[str, tuple[Any, list[int], list[Sequence]]] = {}
+
+    # ---- inputs -----------------------------------------------------------------------------
+    @property
+    def num_blocks(self) -> int:
+        return self.block_manager.num_blocks
+
+    def _token_ids(self, prompt: Any) -> tuple[str | None, list[int]]:
+        """Accepts a string, a token-id list, {"prompt_token_ids": [...]}, {"prompt": "..."},
+        or chat messages [{"role": ..., "content": ...}, ...]."""
+        if isinstance(prompt, dict) and "prompt_token_ids" in prompt:
+            return prompt.get("prompt"), [int(t) for t in prompt["prompt_token_ids"]]
+        if isinstance(prompt, dict) and "prompt" in prompt:
+            prompt = prompt["prompt"]
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
+            self._need_tokenizer("chat messages")
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            return text, self.tokenizer.encode(text, add_special_tokens=False)
+        if isinstance(prompt, str):
+            self._need_tokenizer("text prompts")
+            return prompt, self.tokenizer.encode(prompt)
+        if isinstance(prompt, (list, tuple, torch.Tensor)):
+            return None, [int(t) for t in prompt]
+        raise ValueError(f"unsupported prompt of type {type(prompt).__name__}")
+
+    def _need_tokenizer(self, what: str) -> None:
+        if self.tokenizer is None:
+            raise ValueError(f"{what} need a tokenizer; pass tokenizer=... or token-id lists")
+
+    def _validate(self, ids: list[int], params: SamplingParams) -> None:
+        if not ids:
+            raise ValueError("empty prompt")
+        if min(ids) < 0 or max(ids) >= self.config.vocab_size:
+            raise ValueError(f"token ids must be in [0, {self.config.vocab_size})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit the context of {self.max_model_len} "
+                             f"(at least one token must be generated)")
+        total = min(len(ids) + (params.max_tokens or self.max_model_len), self.max_model_len)
+        if self.block_manager.blocks_needed(total) > self.num_blocks:
+            raise ValueError(f"prompt + max_tokens = {total} tokens need {self.block_manager.blocks_needed(total)} "
+                             f"KV blocks but the whole pool has {self.num_blocks}; raise num_blocks/kv_cache_memory")
+        sched = self.scheduler
+        if not sched.enable_chunked_prefill and total > sched.max_num_batched_tokens:
+            raise ValueError(f"without chunked prefill a sequence of up to {total} tokens must fit "
+                             f"max_num_batched_tokens={sched.max_num_batched_tokens}")
+
+    def add_request(self, prompt: Any, params: SamplingParams | None = None, priority: int = 0,
+                    request_id: str | None = None, arrival: float | None = None) -> str:
+        params = params or SamplingParams()
+        if not isinstance(params, SamplingParams):
+            raise ValueError(f"sampling params must be a SamplingParams, got {type(params).__name__}")
+        text, ids = self._token_ids(prompt)
+        self._validate(ids, params)
+        request_id = request_id or str(next(self._request_ids))
+        arrival = time.perf_counter() if arrival is None else arrival
+        seqs = []
+        for i in range(params.n):
+            gen = None
+            if params.seed is not None:
+                gen = torch.Generator().manual_seed(params.seed + i)
+            seq = Sequence(next(self._seq_ids), request_id, i, list(ids), params, priority, arrival, generator=gen)
+            self.scheduler.add(seq)
+            seqs.append(seq)
+        self._requests[request_id] = (text, ids, seqs)
+        return request_id
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    @torch.inference_mode()
+    def step(self) -> list[Sequence]:
+        """One iteration; returns the sequences that finished in it."""
+        start = time.perf_counter()
+        out = self.scheduler.schedule()
+        if not out.scheduled:
+            raise RuntimeError("the scheduler found nothing to run although requests are waiting "
+                               f"({len(self.scheduler.waiting)} waiting, {self.block_manager.num_free_blocks} "
+                               "free blocks)")
+        if self.scheduler.copies:
+            self.kv_store.copy_blocks(self.scheduler.copies)
+            self.scheduler.copies.clear()
+        t1 = time.perf_counter()
+        meta = self.runner.prepare(out.scheduled, out.num_decode)
+        t2 = time.perf_counter()
+        logits = self.runner.execute(meta)
+        t3 = time.perf_counter()
+        for seq, n in out.scheduled:
+            seq.num_computed += n
+        tokens = sample(logits, self._sampling_batch(meta.sample_seqs)).tolist() if meta.sample_seqs else []
+        now = time.perf_counter()
+        finished = []
+        for seq, token in zip(meta.sample_seqs, tokens):
+            seq.output_ids.append(token)
+            seq.token_times.append(now)
+            if self._check_stop(seq, token):
+                seq.finished_time = now
+                self.scheduler.finish(seq)
+                finished.append(seq)
+        if self.block_manager.enable_prefix_caching:
+            for seq, _ in out.scheduled:
+                if seq.status is Status.RUNNING:
+                    self.block_manager.mark_computed(seq.seq_id, seq.tokens, seq.num_computed)
+        t4 = time.perf_counter()
+        prefill = out.scheduled[out.num_decode:]
+        self.stats.append(StepStats(len(self.stats), start, out.num_decode, len(prefill), sum(n for _, n in prefill),
+                                    len(self.scheduler.running), len(self.scheduler.waiting),
+                                    self.block_manager.usage, len(out.preempted), len(tokens), out.schedule_s,
+                                    t2 - t1, t3 - t2, t4 - t3, tuple(s.seq_id for s, _ in out.scheduled)))
+        return finished
+
+    def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
+        dev = self.device
+        banned = [self._banned(s) for s in seqs]
+        return SamplingBatch(torch.tensor([s.params.temperature for s in seqs], device=dev),
+                             torch.tensor([s.params.top_k for s in seqs], device=dev),
+                             torch.tensor([s.params.top_p for s in seqs], device=dev),
+                             [s.generator for s in seqs], banned)
+
+    def _banned(self, seq: Sequence) -> list[int]:
+        if len(seq.output_ids) >= seq.params.min_tokens:
+            return []
+        ids = list(seq.params.stop_token_ids)
+        if self.eos_token_id is not None and not seq.params.ignore_eos:
+            ids.append(self.eos_token_id)
+        return ids
+
+    def _check_stop(self, seq: Sequence, token: int) -> bool:
+        p = seq.params
+        if len(seq.output_ids) >= p.min_tokens:
+            if token == self.eos_token_id and not p.ignore_eos:
+                seq.finish_reason = "stop"
+                return True
+            if token in p.stop_token_ids:
+                seq.finish_reason, seq.stop_reason = "stop", token
+                return True
+            if p.stop_list and self.tokenizer is not None:
+                text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=p.skip_special_tokens)
+                for stop in p.stop_list:
+                    if stop in text:
+                        seq.text = text[:text.index(stop)]
+                        seq.finish_reason, seq.stop_reason = "stop", stop
+                        return True
+        if len(seq.output_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
+            seq.finish_reason = "length"
+            return True
+        return False
+
+    def _finalize(self, request_id: str) -> RequestOutput:
+        text, ids, seqs = self._requests.pop(request_id)
+        for seq in seqs:
+            if self.tokenizer is not None and seq.stop_reason not in seq.params.stop_list:
+                seq.text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=seq.params.skip_special_tokens)
+        return RequestOutput(request_id, text, ids, [completion_of(s) for s in seqs],
+                             all(s.status is Status.FINISHED for s in seqs), seqs[0].num_cached, seqs[0].priority)
+
+    def generate(self, prompts: Any, sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+                 priority: Seq[int] | None = None, use_tqdm: bool = True) -> list[RequestOutput]:
+        """Run every prompt to completion; outputs come back in input order."""
+        if isinstance(prompts, (str, dict)) or (isinstance(prompts, list) and prompts and
+                                                (isinstance(prompts[0], int) or isinstance(prompts[0], dict)
+                                                 and "role" in prompts[0])):
+            prompts = [prompts]
+        prompts = list(prompts)
+        params = sampling_params if isinstance(sampling_params, (list, tuple)) else [sampling_params] * len(prompts)
+        prios = list(priority) if priority is not None else [0] * len(prompts)
+        if len(params) != len(prompts) or len(prios) != len(prompts):
+            raise ValueError("sampling_params and priority lists must match the number of prompts")
+        if any(p != 0 for p in prios) and self.scheduler.policy != "priority":
+            raise ValueError("priority given but scheduling_policy is not 'priority'")
+        now = time.perf_counter()
+        ids = [self.add_request(p, sp, pr, arrival=now) for p, sp, pr in zip(prompts, params, prios)]
+        bar = tqdm(total=len(ids), desc="requests", disable=not use_tqdm)
+        done: set[str] = set()
+        while self.has_unfinished_requests():
+            for seq in self.step():
+                if seq.request_id not in done and all(s.status is Status.FINISHED
+                                                      for s in self._requests[seq.request_id][2]):
+                    done.add(seq.request_id)
+                    bar.update(1)
+        bar.close()
+        return [self._finalize(i) for i in ids]
+
+    def chat(self, messages: list[dict] | list[list[dict]], sampling_params: SamplingParams | None = None,
+             use_tqdm: bool = True) -> list[RequestOutput]:
+        convs = [messages] if messages and isinstance(messages[0], dict) else list(messages)
+        return self.generate(convs, sampling_params, use_tqdm=use_tqdm)
