@@ -9,7 +9,7 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -29,24 +29,80 @@ def _best_time(fn, repeats: int, device: torch.device) -> float:
     return best
 
 
+def best_total_time(fns: list, rounds: int, device: torch.device) -> float:
+    """Sum over `fns` of each one's best time in `rounds` interleaved passes.
+
+    On a machine shared with other processes a long timed span is almost always preempted;
+    short spans (one chunk, one layer) often are not, so best-per-piece summed is a far steadier
+    estimate of the undisturbed total. Pieces run in order each round, so a piece streamed from
+    memory is cold again when its turn comes (as long as the total exceeds the caches).
+    """
+    best = [float("inf")] * len(fns)
+    for fn in fns:
+        fn()  # warm-up
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            synchronize(device)
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[i] = min(best[i], time.perf_counter() - start)
+    return sum(best)
+
+
 def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int | None = None,
                          device: str | torch.device | None = None, repeats: int = 5) -> float:
-    """Sustained FLOP/s of an n×n×n matmul (2n³ FLOPs), best of `repeats`."""
+    """Sustained FLOP/s of an n×n×n matmul (2n³ FLOPs), best of `repeats`.
+
+    On CPU n=512 (about a millisecond per call) so that a best-of run usually gets one undisturbed call.
+    """
     device = pick_device(device)
-    n = n or (8192 if device.type == "cuda" else 2048)
+    n = n or (8192 if device.type == "cuda" else 512)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
     return 2 * n**3 / _best_time(lambda: a @ b, repeats, device)
 
 
+BANDWIDTH_KINDS = ("copy", "read")
+
+
 def measure_memory_bandwidth(nbytes: int | None = None, device: str | torch.device | None = None,
-                             repeats: int = 5) -> float:
-    """Bytes/s of a large copy (it reads and writes `nbytes` each, so 2·nbytes move)."""
+                             repeats: int = 5, kind: str = "copy") -> float:
+    """Bytes/s of streaming a buffer of `nbytes` (far larger than the caches), best of `repeats`.
+
+    kind="copy": dst.copy_(src); counts read + write, i.e. 2·nbytes per pass (STREAM "copy").
+    kind="read": src.sum(); counts nbytes (a read-only stream, what decode does to its weights).
+    Both are lower bounds of the hardware's bandwidth; on a busy machine take the larger.
+    """
+    if kind not in BANDWIDTH_KINDS:
+        raise ValueError(f"kind must be one of {BANDWIDTH_KINDS}, got {kind!r}")
     device = pick_device(device)
     nbytes = nbytes or (1 << 30 if device.type == "cuda" else 256 << 20)
+    if nbytes < 4:
+        raise ValueError(f"nbytes must be >= 4, got {nbytes}")
     src = torch.empty(nbytes // 4, dtype=torch.float32, device=device).uniform_()
     dst = torch.empty_like(src)
-    return 2 * nbytes / _best_time(lambda: dst.copy_(src), repeats, device)
+    if device.type == "cuda":
+        fn = (lambda: src.sum()) if kind == "read" else (lambda: dst.copy_(src))
+        seconds = _best_time(fn, repeats, device)
+    else:  # 4 MiB pieces: see best_total_time
+        piece = (4 << 20) // 4
+        pieces = [(src[i:i + piece], dst[i:i + piece]) for i in range(0, src.numel(), piece)]
+        fns = [(lambda s=s_: s.sum()) if kind == "read" else (lambda s=s_, d=d_: d.copy_(s)) for s_, d_ in pieces]
+        seconds = best_total_time(fns, repeats, device)
+    return (nbytes if kind == "read" else 2 * nbytes) / seconds
+
+
+def measure_fp8_flops(n: int = 8192, device: str | torch.device | None = None, repeats: int = 5) -> float | None:
+    """FP8 (e4m3) matmul FLOP/s on GPUs with FP8 Tensor Cores (compute capability >= 8.9), else None."""
+    device = pick_device(device)
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
+        return None
+    a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
+    b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()  # column-major, as cuBLASLt wants
+    one = torch.ones((), device=device)
+    return 2 * n**3 / _best_time(lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one,
+                                                           out_dtype=torch.bfloat16), repeats, device)
 
 
 @dataclass
@@ -54,8 +110,9 @@ class DevicePeaks:
     device: str
     name: str
     flops: dict[str, float]          # dtype name -> FLOP/s
-    bandwidth: float                 # bytes/s
+    bandwidth: float                 # bytes/s: the best of the streams in bandwidth_detail
     threads: int
+    bandwidth_detail: dict[str, float] = field(default_factory=dict)  # "copy (r+w)", "read" -> bytes/s
 
     def ridge_point(self, dtype: str = "bfloat16") -> float:
         """Arithmetic intensity (FLOP/byte) where compute time equals memory time."""
@@ -71,14 +128,20 @@ def device_name(device: torch.device) -> str:
 def measure_peaks(device: str | torch.device | None = None, refresh: bool = False) -> DevicePeaks:
     """Peaks of the current device, measured once and cached per machine and thread count."""
     device = pick_device(device)
-    key = f"{platform.node()}-{device.type}-{torch.get_num_threads()}t"
+    key = f"{platform.node()}-{device.type}-{torch.get_num_threads()}t-v2"
     cache_file = CACHE_DIR / "peaks" / f"{key}.json"
     if cache_file.exists() and not refresh:
         return DevicePeaks(**json.loads(cache_file.read_text()))
     dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if device.type == "cuda" else [])
-    peaks = DevicePeaks(device=device.type, name=device_name(device),
-                        flops={str(d).removeprefix("torch."): measure_matmul_flops(d, device=device) for d in dtypes},
-                        bandwidth=measure_memory_bandwidth(device=device), threads=torch.get_num_threads())
+    repeats = 5 if device.type == "cuda" else 30  # CPU runs share cores: more tries, keep the best
+    flops = {str(d).removeprefix("torch."): measure_matmul_flops(d, device=device, repeats=repeats) for d in dtypes}
+    fp8 = measure_fp8_flops(device=device)
+    if fp8 is not None:
+        flops["float8_e4m3fn"] = fp8
+    detail = {"copy (r+w)": measure_memory_bandwidth(device=device, repeats=repeats, kind="copy"),
+              "read": measure_memory_bandwidth(device=device, repeats=repeats, kind="read")}
+    peaks = DevicePeaks(device=device.type, name=device_name(device), flops=flops,
+                        bandwidth=max(detail.values()), threads=torch.get_num_threads(), bandwidth_detail=detail)
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(asdict(peaks), indent=1))
