@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from . import kv_math
 from .llama import LlamaConfig
 
 ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
@@ -86,11 +87,14 @@ def weights_bytes(model: ModelShape, bytes_per_param: float = 2) -> float:
 
 
 def kv_values_per_token(model: ModelShape) -> int:
-    """Cached numbers per token, all layers: 2·L·kv_heads·head_dim (MLA: L·(latent + rope key))."""
+    """Cached numbers per token, all layers: 2·L·kv_heads·head_dim (MLA: L·(latent + rope key)).
+
+    The formulas are common.kv_math's (chapter 5), at one byte per value.
+    """
     if model.attention == "mla":
-        return model.layers * (model.kv_lora_rank + model.rope_dim)
+        return kv_math.mla_bytes_per_token(model.layers, model.kv_lora_rank, model.rope_dim, 1)
     kv_heads = {"mha": model.heads, "mqa": 1}.get(model.attention, model.kv_heads)
-    return 2 * model.layers * kv_heads * model.head_dim
+    return kv_math.kv_bytes_per_token(model.layers, kv_heads, model.head_dim, 1)
 
 
 def kv_bytes_per_token(model: ModelShape, bytes_per_value: float = 2) -> float:
