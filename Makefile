@@ -7,7 +7,7 @@ STAGE   := scripts/stage.sh
 NBVAL   := $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider
 NOTEBOOKS = $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
 
-.PHONY: setup demo test unit check-labs nbval doctor notebooks jupyter clean
+.PHONY: setup demo test unit check-labs nbval doctor notebooks jupyter clean bench
 
 setup: $(STAMP)
 
@@ -25,6 +25,10 @@ test: setup
 
 nbval: setup
 	@if [ -n "$(NOTEBOOKS)" ]; then $(NBVAL) $(NOTEBOOKS); else echo "no notebooks yet"; fi
+
+bench: setup
+	@$(STAGE) bench $(PY) -m common.bench offline --engines common,hf,vllm --num-prompts 64 --input-len 64:256 \
+	  --output-len 64:256 --dtype bfloat16 --json .cache/bench_offline.json --figure figures/bench_offline.png
 
 check-labs: setup
 	@$(STAGE) "lab check" $(PY) -m labs.check

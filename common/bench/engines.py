@@ -1,0 +1,150 @@
+"""One function per engine: run the workload, return outputs, throughput/latency and the batch-1
+decode latency. Every function catches its own failure and returns {"engine", "error"} instead,
+so a peer that cannot run here shows up in the table rather than vanishing."""
+from __future__ import annotations
+
+import time
+import traceback
+from typing import Callable
+
+import torch
+
+from ..device import parse_dtype
+from .metrics import summarize
+from .workload import Workload
+
+B1_PROMPT_LEN, B1_NEW_TOKENS = 128, 64
+
+
+def _b1_prompt(vocab: int) -> list[int]:
+    return torch.randint(3, vocab, (B1_PROMPT_LEN,), generator=torch.Generator().manual_seed(1)).tolist()
+
+
+def guarded(engine: str, fn: Callable[[], dict]) -> dict:
+    try:
+        return fn()
+    except Exception as exc:  # reported, never silently dropped
+        return {"engine": engine, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(limit=4)}
+
+
+def run_common(workload: Workload, model: str, dtype: str, engine_kwargs: dict | None = None,
+               use_tqdm: bool = True) -> dict:
+    from ..engine import LLM, SamplingParams
+
+    kwargs = dict(max_num_seqs=256, max_num_batched_tokens=2048, kv_cache_memory=1 << 30)
+    kwargs.update(engine_kwargs or {})
+    t0 = time.perf_counter()
+    llm = LLM(model, dtype=dtype, **kwargs)
+    startup = time.perf_counter() - t0
+    warm = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    llm.generate([workload.prompts[0][:32]], warm, use_tqdm=False)  # one-time allocator/first-call costs
+    params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in workload.output_lens]
+    llm.stats.clear()
+    t0 = time.perf_counter()
+    outs = llm.generate(workload.prompts, params, use_tqdm=use_tqdm)
+    elapsed = time.perf_counter() - t0
+    metrics = [o.outputs[0].metrics for o in outs]
+    result = {"engine": "common", "startup_s": startup, "config": kwargs,
+              **summarize(workload, elapsed, [m.ttft for m in metrics], [m.tpot for m in metrics if m.tpot]),
+              "outputs": [o.outputs[0].token_ids for o in outs],
+              "num_steps": len(llm.stats), "num_preemptions": sum(s.num_preempted for s in llm.stats),
+              "step_time_split_s": {k: sum(getattr(s, k) for s in llm.stats)
+                                    for k in ("schedule_s", "prepare_s", "forward_s", "sample_s")}}
+    prompt = _b1_prompt(llm.config.vocab_size)
+    times = []
+    for n in (1, B1_NEW_TOKENS + 1):
+        t0 = time.perf_counter()
+        llm.generate([prompt], SamplingParams(temperature=0, max_tokens=n, ignore_eos=True), use_tqdm=False)
+        times.append(time.perf_counter() - t0)
+    result["decode_latency_ms_b1"] = (times[1] - times[0]) / B1_NEW_TOKENS * 1e3
+    return result
+
+
+def _hf_generate(model, batch: list[list[int]], new_tokens: int) -> torch.Tensor:
+    """Left-padded static batch, greedy, exactly `new_tokens` tokens each (EOS ignored)."""
+    width = max(len(p) for p in batch)
+    ids = torch.zeros(len(batch), width, dtype=torch.long)
+    mask = torch.zeros(len(batch), width, dtype=torch.long)
+    for i, p in enumerate(batch):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    out = model.generate(input_ids=ids.to(model.device), attention_mask=mask.to(model.device),
+                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                         pad_token_id=0, eos_token_id=None)
+    return out[:, width:].cpu()
+
+
+@torch.inference_mode()
+def run_hf(workload: Workload, model: str, dtype: str, batch_size: int = 16) -> dict:
+    """transformers `generate` over static batches in arrival order: every batch runs until its
+    longest request is done (the padding/tail waste continuous batching removes)."""
+    from ..models import load_hf_model
+
+    hf = load_hf_model(model, parse_dtype(dtype))
+    _hf_generate(hf, [workload.prompts[0][:32]], 2)  # warm-up
+    outputs: list[list[int]] = []
+    t0 = time.perf_counter()
+    for start in range(0, workload.num_prompts, batch_size):
+        batch = workload.prompts[start:start + batch_size]
+        lens = workload.output_lens[start:start + batch_size]
+        gen = _hf_generate(hf, batch, max(lens))
+        outputs += [gen[i, :n].tolist() for i, n in enumerate(lens)]
+    elapsed = time.perf_counter() - t0
+    prompt = _b1_prompt(hf.config.vocab_size)
+    times = []
+    for n in (1, B1_NEW_TOKENS + 1):
+        t = time.perf_counter()
+        _hf_generate(hf, [prompt], n)
+        times.append(time.perf_counter() - t)
+    return {"engine": "hf", "mode": f"static batches of {batch_size}", **summarize(workload, elapsed),
+            "outputs": outputs, "decode_latency_ms_b1": (times[1] - times[0]) / B1_NEW_TOKENS * 1e3}
+
+
+@torch.inference_mode()
+def run_hf_continuous(workload: Workload, model: str, dtype: str) -> dict:
+    """transformers' own continuous-batching API (`generate_batch`), where this version has one."""
+    from transformers import GenerationConfig
+
+    from ..models import load_hf_model
+
+    hf = load_hf_model(model, parse_dtype(dtype))
+    if not hasattr(hf, "generate_batch"):
+        raise RuntimeError("this transformers version has no generate_batch")
+    config = GenerationConfig(max_new_tokens=max(workload.output_lens), do_sample=False, eos_token_id=-1,
+                              pad_token_id=0)
+    t0 = time.perf_counter()
+    result = hf.generate_batch(inputs=workload.prompts, generation_config=config, progress_bar=False)
+    elapsed = time.perf_counter() - t0
+    ordered = [result[k] for k in sorted(result, key=lambda k: int(str(k).split("_")[-1]))]
+    outputs = [list(r.generated_tokens)[:n] for r, n in zip(ordered, workload.output_lens)]
+    # every request ran to the longest output length (one GenerationConfig for the batch)
+    extra = sum(max(workload.output_lens) - n for n in workload.output_lens)
+    return {"engine": "hf-cb", "mode": "generate_batch, every request to the longest output",
+            **summarize(workload, elapsed), "outputs": outputs, "wasted_tokens": extra}
+
+
+def run_vllm_peer(workload: Workload, model: str, dtype: str) -> dict:
+    """vLLM in a child process (one engine start): the workload plus the batch-1 latency jobs."""
+    from ..peers.vllm_runner import run_vllm
+
+    prompt = _b1_prompt(workload.vocab_size)
+    base = {"temperature": 0.0, "ignore_eos": True}
+    spec = {"model_name": model, "llm": {"dtype": dtype, "max_model_len": 2048, "seed": 0},
+            "jobs": [{"name": "warmup", "prompt_token_ids": [workload.prompts[0][:32]],
+                      "sampling": {**base, "max_tokens": 4}},
+                     {"name": "workload", "prompt_token_ids": workload.prompts, "sampling": base,
+                      "sampling_per_prompt": [{"max_tokens": n} for n in workload.output_lens]},
+                     {"name": "b1_short", "prompt_token_ids": [prompt], "sampling": {**base, "max_tokens": 1}},
+                     {"name": "b1_long", "prompt_token_ids": [prompt],
+                      "sampling": {**base, "max_tokens": B1_NEW_TOKENS + 1}}]}
+    raw = run_vllm(spec)
+    if "error" in raw:
+        return {"engine": "vllm", "error": raw["error"]}
+    jobs = {j["name"]: j for j in raw["jobs"]}
+    main = jobs["workload"]
+    ttft = [r["ttft_s"] for r in main["outputs"] if r.get("ttft_s") is not None]
+    b1 = (jobs["b1_long"]["elapsed_s"] - jobs["b1_short"]["elapsed_s"]) / B1_NEW_TOKENS * 1e3
+    return {"engine": "vllm", "version": raw.get("version"), "startup_s": raw.get("startup_s"),
+            **summarize(workload, main["elapsed_s"], ttft), "outputs": [r["token_ids"] for r in main["outputs"]],
+            "decode_latency_ms_b1": b1}
