@@ -130,7 +130,7 @@ class ModelRunner:
             mask = torch.zeros(0, 1, 1, bs, dtype=torch.bool, device=dev)
         return BatchMetadata(torch.tensor([ids], device=dev), torch.tensor(positions, device=dev),
                              torch.tensor(slots, device=dev), num_decode, table_tensor, mask, prefills,
-                             torch.tensor(sample_rows, device=dev), sample_seqs)
+                             torch.tensor(sample_rows, dtype=torch.long, device=dev), sample_seqs)
 
     @torch.inference_mode()
     def execute(self, meta: BatchMetadata) -> torch.Tensor:

@@ -58,16 +58,18 @@ def pick_victim(running: Iterable[Sequence]) -> Sequence:
 
 
 def admit(waiting: list[Sequence], budget: int, free_seq_slots: int, enable_chunked_prefill: bool,
-          can_allocate: Callable[[Sequence], bool]) -> list[tuple[Sequence, int]]:
+          try_allocate: Callable[[Sequence], bool]) -> list[tuple[Sequence, int]]:
     """Admit waiting sequences in order while the token budget, the sequence slots and the KV
     blocks last; stop at the first that does not fit (no overtaking, so nothing starves).
-    Returns (sequence, tokens scheduled this step) pairs."""
+    `try_allocate(seq)` reserves the blocks of all the sequence's tokens and returns True, or
+    returns False (reserving nothing) when they do not fit. Returns (sequence, tokens scheduled
+    this step) pairs."""
     admitted: list[tuple[Sequence, int]] = []
     for seq in waiting:
         if free_seq_slots <= 0 or budget <= 0:
             break
         n = chunk_tokens(seq.num_remaining, budget, enable_chunked_prefill)
-        if n == 0 or not can_allocate(seq):
+        if n == 0 or not try_allocate(seq):
             break
         admitted.append((seq, n))
         budget -= n
@@ -102,6 +104,7 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preemptions = 0
         self.copies: list[tuple[int, int]] = []   # copy-on-write block copies for the KV store
+        self._cached: dict[Sequence, int] = {}
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -121,8 +124,11 @@ class Scheduler:
         self.running.remove(seq)
         self.waiting.appendleft(seq)
 
-    def _can_allocate(self, seq: Sequence) -> bool:
-        return self.bm.can_allocate(seq.tokens)
+    def _try_allocate(self, seq: Sequence) -> bool:
+        if not self.bm.can_allocate(seq.tokens):
+            return False
+        self._cached[seq] = self.bm.allocate(seq.seq_id, seq.tokens)
+        return True
 
     def schedule(self) -> SchedulerOutput:
         t0 = time.perf_counter()
@@ -157,9 +163,9 @@ class Scheduler:
             if self.policy != "fcfs":
                 self.waiting = deque(sorted(self.waiting, key=self._key(now)))
             for seq, _ in admit(list(self.waiting), budget, self.max_num_seqs - len(self.running),
-                                self.enable_chunked_prefill, self._can_allocate):
+                                self.enable_chunked_prefill, self._try_allocate):
                 self.waiting.remove(seq)
-                cached = self.bm.allocate(seq.seq_id, seq.tokens)
+                cached = self._cached.pop(seq)
                 if seq.num_preemptions == 0 and seq.first_scheduled is None:
                     seq.num_cached = cached
                 seq.num_computed = min(cached, seq.num_tokens - 1)
