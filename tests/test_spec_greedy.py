@@ -7,7 +7,7 @@ from common.generate import greedy_generate
 from common.kv_cache import KVCache
 from common.llama import Llama, LlamaConfig
 from common.models import is_cached, load_model
-from common.spec import NgramDrafter, SelfDraftDrafter, speculative_generate, truncated_model
+from common.spec import NgramDrafter, QuantizedDrafter, SelfDraftDrafter, speculative_generate, truncated_model
 
 SMALL = LlamaConfig(vocab_size=24, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=256)
@@ -30,7 +30,8 @@ def small_model() -> Llama:
 
 
 def drafters(model: Llama):
-    return [NgramDrafter(max_n=3), NgramDrafter(max_n=1), SelfDraftDrafter(model, 1), SelfDraftDrafter(model, 3)]
+    return [NgramDrafter(max_n=3), NgramDrafter(max_n=1), SelfDraftDrafter(model, 1), SelfDraftDrafter(model, 3),
+            QuantizedDrafter(model, 8), QuantizedDrafter(model, 4, granularity=32)]
 
 
 @pytest.mark.parametrize("k", [1, 3, 6])
@@ -61,7 +62,7 @@ def test_greedy_equals_target_registry_tiny():
     model = load_model("tiny")
     prompt = list(range(100, 130)) + list(range(100, 110))
     reference = greedy_generate(model, prompt, 24)
-    for drafter in [NgramDrafter(), SelfDraftDrafter(model, 1)]:
+    for drafter in [NgramDrafter(), SelfDraftDrafter(model, 1), QuantizedDrafter(model, 4, granularity=64)]:
         for k in (2, 5):
             assert speculative_generate(model, prompt, 24, drafter, k).tokens == reference
 
@@ -73,6 +74,17 @@ def test_eos_stops_like_greedy(small_model):
     reference = greedy_generate(small_model, prompt, 30, eos_token_id=eos)
     for drafter in drafters(small_model):
         assert speculative_generate(small_model, prompt, 30, drafter, 3, eos_token_id=eos).tokens == reference
+
+
+def test_quantized_drafter_is_a_close_copy(small_model):
+    """INT8 per-channel: the draft's logits stay close to the target's and its weights are separate."""
+    drafter = QuantizedDrafter(small_model, 8)
+    ids = torch.randint(0, SMALL.vocab_size, (1, 12), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref, got = small_model(ids), drafter.model(ids)
+    assert (got - ref).abs().max() < 0.05 * ref.abs().max()
+    assert (got.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    assert isinstance(small_model.layers[0].mlp.up_proj, torch.nn.Linear)  # the target is untouched
 
 
 def test_truncated_model_matches_manual_forward(small_model):
@@ -109,6 +121,8 @@ def test_bad_input_raises(small_model):
         speculative_generate(small_model, [], 5, NgramDrafter(), 2)
     with pytest.raises(ValueError, match="num_layers"):
         SelfDraftDrafter(small_model, 9)
+    with pytest.raises(ValueError, match="bits"):
+        QuantizedDrafter(small_model, 3)
     with pytest.raises(ValueError, match="min_n"):
         NgramDrafter(max_n=1, min_n=2)
 

@@ -1,16 +1,17 @@
 """Speculative decoding (chapter 9): a cheap drafter proposes k tokens, the target verifies them in
 one forward pass, and the accept/reject rule guarantees the target's own output distribution.
 
-    drafters.py  one `Drafter` interface: n-gram prompt lookup, self-draft (first m layers), ...
+    drafters.py  one `Drafter` interface: n-gram prompt lookup, self-draft (first m layers),
+                 an RTN-quantized copy of the target (chapter 8)
     verify.py    greedy verification and speculative sampling (min(1, p/q), residual max(0, p-q))
     decode.py    the single-request draft-verify loop over the contiguous KV cache, with statistics
     theory.py    expected tokens per target step and the speedup model with draft cost c
 """
 from .decode import SpecResult, speculative_generate
-from .drafters import Draft, Drafter, NgramDrafter, SelfDraftDrafter, truncated_model
+from .drafters import Draft, Drafter, ModelDrafter, NgramDrafter, QuantizedDrafter, SelfDraftDrafter, truncated_model
 from .theory import expected_tokens, fit_alpha, speedup
 from .verify import greedy_verify, rejection_step, residual_distribution, speculative_verify
 
-__all__ = ["Draft", "Drafter", "NgramDrafter", "SelfDraftDrafter", "SpecResult", "expected_tokens", "fit_alpha",
+__all__ = ["Draft", "Drafter", "ModelDrafter", "NgramDrafter", "QuantizedDrafter", "SelfDraftDrafter", "SpecResult", "expected_tokens", "fit_alpha",
            "greedy_verify", "rejection_step", "residual_distribution", "speculative_generate",
            "speculative_verify", "speedup", "truncated_model"]

@@ -6,6 +6,7 @@ processed with the committed tokens and truncates to their common prefix itself.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 from typing import Protocol, Sequence
 
@@ -143,3 +144,18 @@ class SelfDraftDrafter(ModelDrafter):
 
     def __init__(self, target: Llama, num_layers: int, max_seq_len: int | None = None) -> None:
         super().__init__(truncated_model(target, num_layers), f"self-draft(m={num_layers})", max_seq_len)
+
+
+class QuantizedDrafter(ModelDrafter):
+    """A weight-only RTN-quantized copy of the target (chapter 8's `common.quant`): same architecture,
+    so it agrees with the target most of the time; it pays only where low-bit weights are read by a
+    fused kernel (on this CPU `QuantLinear` dequantizes at every call, so it is not cheaper)."""
+
+    def __init__(self, target: Llama, bits: int = 8, granularity: str | int = "channel",
+                 max_seq_len: int | None = None) -> None:
+        from ..quant.recipes import rtn_model
+
+        if bits not in (4, 8):
+            raise ValueError(f"bits must be 4 or 8, got {bits}")
+        quantized = rtn_model(copy.deepcopy(target), bits, granularity)
+        super().__init__(quantized.eval(), f"rtn-int{bits}({granularity})", max_seq_len)
