@@ -159,3 +159,19 @@ def cpu_flags() -> set[str]:
     except OSError:
         pass
     return set()
+
+
+def single_thread_if_busy(device: torch.device | str = "cpu") -> str:
+    """On a CPU whose load average exceeds its core count, use one torch thread.
+
+    A multi-threaded OpenMP region waits for its slowest thread; when other processes hold the
+    cores, every small op then costs a scheduler time slice (we measured decode 20x slower).
+    Returns one line saying what was chosen.
+    """
+    load = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    busy = torch.device(device).type == "cpu" and load > cores
+    if busy:
+        torch.set_num_threads(1)
+    return (f"device={torch.device(device).type}, torch threads={torch.get_num_threads()}, "
+            f"load average {load:.1f} on {cores} cores" + (" -> busy machine: single-threaded" if busy else ""))

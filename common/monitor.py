@@ -39,6 +39,13 @@ class Monitor:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._process = psutil.Process()
+        self.t0: float | None = None  # perf_counter() at start; sample "t" is seconds since then
+
+    def now(self) -> float:
+        """Seconds since start, on the samples' clock (to mark phases of the workload)."""
+        if self.t0 is None:
+            raise RuntimeError("monitor not started")
+        return time.perf_counter() - self.t0
 
     def describe(self) -> str:
         """One line saying what is sampled."""
@@ -76,7 +83,7 @@ class Monitor:
         if self.backend == "psutil":  # first call primes psutil's counters (it returns 0.0)
             psutil.cpu_percent(interval=None)
             self._process.cpu_percent(interval=None)
-        t0 = time.perf_counter()
+        self.t0 = t0 = time.perf_counter()
         self._thread = threading.Thread(target=self._run, args=(t0,), daemon=True)
         self._thread.start()
         return self
