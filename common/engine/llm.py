@@ -130,6 +130,13 @@ class LLM:
         self._requests[request_id] = (text, ids, seqs)
         return request_id
 
+    def sequences(self, request_id: str) -> list[Sequence]:
+        """The live sequences of a request (its n completions), e.g. to watch them step by step."""
+        try:
+            return list(self._requests[request_id][2])
+        except KeyError:
+            raise ValueError(f"unknown or already returned request {request_id!r}") from None
+
     # ---- the loop ---------------------------------------------------------------------------
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
