@@ -6,14 +6,11 @@ is the time to stream the weights once (memory-bound, flat in B). Large B: the F
 """
 from __future__ import annotations
 
-import time
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .device import synchronize
-from .hardware import best_total_time
+from .hardware import best_time, best_total_time
 from .llama import Llama
 from .roofline import MatmulShape
 
@@ -69,12 +66,4 @@ def time_matmul(shape: MatmulShape, dtype: torch.dtype, device: torch.device | s
     """Best-of-`repeats` seconds of one [m, k] @ [k, n] matmul."""
     x = torch.randn(shape.m, shape.k, device=device, dtype=dtype)
     w = torch.randn(shape.n, shape.k, device=device, dtype=dtype)
-    F.linear(x, w)
-    best = float("inf")
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        F.linear(x, w)
-        synchronize(device)
-        best = min(best, time.perf_counter() - start)
-    return best
+    return best_time(lambda: F.linear(x, w), repeats, device)

@@ -17,7 +17,8 @@ from .device import pick_device, synchronize
 from .paths import CACHE_DIR
 
 
-def _best_time(fn, repeats: int, device: torch.device) -> float:
+def best_time(fn, repeats: int, device: torch.device | str) -> float:
+    """Seconds of fn()'s fastest call out of `repeats` (after one warm-up call)."""
     fn()  # warm-up
     synchronize(device)
     best = float("inf")
@@ -60,7 +61,7 @@ def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int | None = No
     n = n or (8192 if device.type == "cuda" else 512)
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    return 2 * n**3 / _best_time(lambda: a @ b, repeats, device)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats, device)
 
 
 BANDWIDTH_KINDS = ("copy", "read")
@@ -84,7 +85,7 @@ def measure_memory_bandwidth(nbytes: int | None = None, device: str | torch.devi
     dst = torch.empty_like(src)
     if device.type == "cuda":
         fn = (lambda: src.sum()) if kind == "read" else (lambda: dst.copy_(src))
-        seconds = _best_time(fn, repeats, device)
+        seconds = best_time(fn, repeats, device)
     else:  # 4 MiB pieces: see best_total_time
         piece = (4 << 20) // 4
         pieces = [(src[i:i + piece], dst[i:i + piece]) for i in range(0, src.numel(), piece)]
@@ -101,7 +102,7 @@ def measure_fp8_flops(n: int = 8192, device: str | torch.device | None = None, r
     a = torch.randn(n, n, device=device).to(torch.float8_e4m3fn)
     b = torch.randn(n, n, device=device).to(torch.float8_e4m3fn).t()  # column-major, as cuBLASLt wants
     one = torch.ones((), device=device)
-    return 2 * n**3 / _best_time(lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one,
+    return 2 * n**3 / best_time(lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one,
                                                            out_dtype=torch.bfloat16), repeats, device)
 
 
