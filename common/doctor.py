@@ -61,7 +61,9 @@ def main() -> int:
     peaks = measure_peaks(refresh=True)
     for dtype, flops in peaks.flops.items():
         print(f"{'matmul ' + dtype:14s} {flops / 1e9:8.1f} GFLOP/s")
-    print(f"{'memory copy':14s} {peaks.bandwidth / 1e9:8.1f} GB/s (bytes read + written)")
+    for kind, bandwidth in peaks.bandwidth_detail.items():
+        print(f"{'memory ' + kind:14s} {bandwidth / 1e9:8.1f} GB/s")
+    print(f"{'bandwidth':14s} {peaks.bandwidth / 1e9:8.1f} GB/s (best of the streams above; copy counts read + write)")
     print(f"{'ridge (bf16)':14s} {peaks.ridge_point('bfloat16'):8.1f} FLOP/byte")
     for name in MODELS:
         print(f"{'model ' + name:14s} {'cached' if is_cached(name) else 'not cached (make setup converts it)'}")
