@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from .block_allocator import BlockAllocator, NoFreeBlocksError
+from .block_ops import append_slots, fork_table
 from .prefix_cache import PrefixCache, block_hash, chain_hashes, ROOT_HASH
 
 
@@ -106,9 +107,11 @@ class BlockManager:
         n = self._num_tokens[seq_id]
         if n % self.block_size == 0 or num_tokens_after <= n:
             return False
-        last = self._tables[seq_id][-1]
-        users = self.allocator.ref_count(last) - (1 if self.prefix_cache.is_cached(last) else 0)
-        return users > 1
+        return self._users(self._tables[seq_id][-1]) > 1
+
+    def _users(self, block: int) -> int:
+        """Sequences using a block: its ref count minus the prefix cache's own reference."""
+        return self.allocator.ref_count(block) - (1 if self.prefix_cache.is_cached(block) else 0)
 
     def can_append(self, seq_id: object, num_new_tokens: int = 1) -> bool:
         after = self._num_tokens[self._known(seq_id)] + num_new_tokens
@@ -125,14 +128,8 @@ class BlockManager:
                              f"to {num_tokens_after}")
         if not self.can_append(seq_id, num_tokens_after - self._num_tokens[seq_id]):
             raise NoFreeBlocksError(f"not enough free blocks to grow {seq_id!r} to {num_tokens_after} tokens")
-        copies = []
-        if self._needs_cow(seq_id, num_tokens_after):
-            src, dst = table[-1], self._new_block()
-            self.prefix_cache.release(src)
-            table[-1] = dst
-            copies.append((src, dst))
-        while len(table) < self.blocks_needed(num_tokens_after):
-            table.append(self._new_block())
+        copies = append_slots(self.allocator, table, self._num_tokens[seq_id], num_tokens_after, self.block_size,
+                              users=self._users, allocate=self._new_block, release=self.prefix_cache.release)
         self._num_tokens[seq_id] = num_tokens_after
         self.pending_copies.extend(copies)
         return copies
@@ -155,10 +152,7 @@ class BlockManager:
         """The child shares every block of the parent (n>1 sampling, beam search)."""
         if child_id in self._tables:
             raise ValueError(f"sequence {child_id!r} already exists")
-        table = self._tables[self._known(parent_id)]
-        for block in table:
-            self.allocator.incref(block)
-        self._tables[child_id] = list(table)
+        self._tables[child_id] = fork_table(self.allocator, self._tables[self._known(parent_id)])
         self._num_tokens[child_id] = self._num_tokens[parent_id]
         self._hashes[child_id] = list(self._hashes[parent_id])
 
