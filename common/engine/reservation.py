@@ -5,8 +5,8 @@ Every running request grows by one token per step and holds ceil(tokens / block_
 A new request is admitted when the pool can cover what the policy reserves for it and for every
 running request:
 * "worst":     prompt + max_tokens        (never preempts, admits few)
-* "beta":      prompt + β · max_tokens,   β = observed mean(output / max_tokens) of finished
-               requests (+ `margin`), starting at `beta0`
+* "beta":      prompt + β · max_tokens, β = min(scale · mean(output / max_tokens of the last
+               `window` finished requests), cap), starting at beta0 (the book's rule: 0.5, ×1.2, 0.8, 100)
 * "on_demand": prompt only                (vLLM: admit greedily, preempt when blocks run out)
 When the real usage outgrows the pool, the latest-admitted request is preempted (recompute:
 it goes back to the front of the queue and starts over).
@@ -41,7 +41,7 @@ def _blocks(tokens: int, block_size: int) -> int:
 
 
 def simulate(trace: list[SimRequest], num_blocks: int, block_size: int, policy: str, max_running: int = 256,
-             beta0: float = 1.0, margin: float = 0.1) -> SimResult:
+             beta0: float = 0.5, scale: float = 1.2, cap: float = 0.8, window: int = 100) -> SimResult:
     if policy not in POLICIES:
         raise ValueError(f"unknown reservation policy {policy!r}; use one of {POLICIES}")
     for r in trace:
@@ -82,6 +82,6 @@ def simulate(trace: list[SimRequest], num_blocks: int, block_size: int, policy: 
             running.remove(i)
             ratios.append(trace[i].output / trace[i].max_tokens)
             if policy == "beta":
-                beta = min(1.0, statistics.fmean(ratios) + margin)
+                beta = min(cap, scale * statistics.fmean(ratios[-window:]))
         betas.append(beta)
     return SimResult(policy, steps, preemptions, running_sum / steps, recomputed, betas)
