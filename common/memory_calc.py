@@ -165,7 +165,8 @@ def max_concurrent_requests(model: ModelShape, memory_bytes: float, context: int
     activations and overhead, on `num_gpus` GPUs of `memory_bytes` each (weights sharded).
 
     `utilization` is the share of memory the engine may use (vLLM's gpu_memory_utilization:
-    weights + activations + KV, not "90% for KV"). Returns 0 when even one request does not fit.
+    weights + activations + KV, not "90% for KV"). Activations are sized for one prefill chunk
+    of min(context, 8192) tokens. Returns 0 when even one request does not fit.
     """
     if not 0 < utilization <= 1:
         raise ValueError(f"utilization must be in (0, 1], got {utilization}")
