@@ -27,7 +27,7 @@ nbval: setup
 	@if [ -n "$(NOTEBOOKS)" ]; then $(NBVAL) $(NOTEBOOKS); else echo "no notebooks yet"; fi
 
 bench: setup
-	@$(STAGE) bench $(PY) -m common.bench offline --engines common,hf,vllm --num-prompts 64 --input-len 64:256 \
+	@$(STAGE) bench $(PY) -m common.bench offline --engines common,hf,hf-cb,vllm --num-prompts 64 --input-len 64:256 \
 	  --output-len 64:256 --dtype bfloat16 --json .cache/bench_offline.json --figure figures/bench_offline.png
 
 check-labs: setup

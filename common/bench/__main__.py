@@ -12,7 +12,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.bench")
     sub = parser.add_subparsers(dest="mode", required=True)
     off = sub.add_parser("offline", help="offline throughput: same random workload through each engine")
-    off.add_argument("--engines", default="common,hf,vllm", help=f"comma list of {','.join(ENGINES)}")
+    off.add_argument("--engines", default="common,hf,hf-cb,vllm", help=f"comma list of {','.join(ENGINES)}")
     off.add_argument("--num-prompts", type=int, default=64)
     off.add_argument("--input-len", default="64:256")
     off.add_argument("--output-len", default="64:256")

@@ -101,8 +101,32 @@ def run_hf(workload: Workload, model: str, dtype: str, batch_size: int = 16) -> 
             "outputs": outputs, "decode_latency_ms_b1": (times[1] - times[0]) / B1_NEW_TOKENS * 1e3}
 
 
+def _hf_continuous_child(workload: Workload, model: str, dtype: str, queue) -> None:
+    queue.put(guarded("hf-cb", lambda: _hf_continuous(workload, model, dtype)))
+
+
+def run_hf_continuous(workload: Workload, model: str, dtype: str, timeout_s: float = 240) -> dict:
+    """transformers' own continuous-batching API (`generate_batch`) in a child process with a
+    time limit: on this CPU build it can stall, and a stalled peer must not stall the benchmark."""
+    import multiprocessing as mp
+    import queue as queue_mod
+
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    proc = ctx.Process(target=_hf_continuous_child, args=(workload, model, dtype, results), daemon=True)
+    proc.start()
+    try:
+        result = results.get(timeout=timeout_s)
+    except queue_mod.Empty:
+        result = {"engine": "hf-cb", "error": f"generate_batch did not finish within {timeout_s:.0f} s"}
+    proc.join(5)
+    if proc.is_alive():
+        proc.kill()
+    return result
+
+
 @torch.inference_mode()
-def run_hf_continuous(workload: Workload, model: str, dtype: str) -> dict:
+def _hf_continuous(workload: Workload, model: str, dtype: str) -> dict:
     """transformers' own continuous-batching API (`generate_batch`), where this version has one."""
     from transformers import GenerationConfig
 

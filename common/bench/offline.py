@@ -84,7 +84,7 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def run_offline(engines=("common", "hf", "vllm"), num_prompts: int = 64, input_len="64:256",
+def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64, input_len="64:256",
                 output_len="64:256", dtype: str = "bfloat16", model: str = "smollm2-135m", seed: int = 0,
                 json_path: str | Path | None = None, figure: str | Path | None = None, check_fp32: bool = True,
                 hf_batch_size: int = 16, engine_kwargs: dict | None = None, use_tqdm: bool = True) -> dict:
