@@ -56,3 +56,18 @@ def test_sampling_frequencies_follow_softmax(rng):
     banned = _batch(20000)
     banned.banned = [[0]] * 20000
     assert int((sample(logits, banned) == 0).sum()) == 0
+
+
+def test_decode_attention_matches_sdpa(rng):
+    """The engine's batched single-query attention against torch SDPA with the same mask (fp32)."""
+    from common.attention import sdpa
+    from common.engine.runner import decode_attention
+
+    B, Hq, Hkv, D, L = 5, 9, 3, 16, 40
+    q = torch.randn(B, Hq, D, generator=rng)
+    k = torch.randn(B, L, Hkv, D, generator=rng)
+    v = torch.randn(B, L, Hkv, D, generator=rng)
+    lens = torch.randint(1, L + 1, (B,), generator=rng)
+    mask = (torch.arange(L)[None] < lens[:, None])[:, None, None, :]
+    ref = sdpa(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2), mask=mask).squeeze(2)
+    assert torch.allclose(decode_attention(q, k, v, mask), ref, atol=1e-5)

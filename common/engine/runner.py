@@ -6,8 +6,8 @@ prefill chunks. Attention is the only place sequences must stay apart; `PagedBat
 (the model's cache interface) writes each token's K/V into the paged store through its slot and
 attends per sequence:
 
-* decodes (first `num_decode` tokens): one batched gather of each sequence's blocks and one
-  SDPA call with a length mask — no Python loop over requests;
+* decodes (first `num_decode` tokens): one batched gather of each sequence's blocks and two
+  batched matmuls with a length mask (`decode_attention`) — no Python loop over requests;
 * prefill chunks: cached prefix + new tokens of each chunk, causal (a loop over the few
   prefills of the step).
 
@@ -70,16 +70,30 @@ class PagedBatchAttention:
         out = torch.empty_like(q)
         nd = meta.num_decode
         if nd:
-            qd = q[0, :, :nd].transpose(0, 1).unsqueeze(2)                    # [B, Hq, 1, D]
-            keys = kc[meta.decode_tables].flatten(1, 2).transpose(1, 2)      # [B, Hkv, L, D]
-            values = vc[meta.decode_tables].flatten(1, 2).transpose(1, 2)
-            out[0, :, :nd] = sdpa(qd, keys, values, mask=meta.decode_mask).squeeze(2).transpose(0, 1)
+            out[0, :, :nd] = decode_attention(q[0, :, :nd].transpose(0, 1), kc[meta.decode_tables].flatten(1, 2),
+                                              vc[meta.decode_tables].flatten(1, 2), meta.decode_mask).transpose(0, 1)
         for chunk in meta.prefills:
             end = chunk.start + chunk.length
             keys = kc[chunk.blocks].flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
             values = vc[chunk.blocks].flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
-            out[:, :, chunk.start:end] = sdpa(q[:, :, chunk.start:end], keys, values, mask=chunk.mask)
+            fresh = chunk.context == chunk.length   # no cached prefix: plain causal, SDPA's fast path
+            out[:, :, chunk.start:end] = sdpa(q[:, :, chunk.start:end], keys, values,
+                                              mask=None if fresh else chunk.mask, causal=fresh)
         return out
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """One query token per sequence over its gathered pages, as two batched matmuls.
+
+    q [B, Hq, D]; keys/values [B, L, Hkv, D] (L = padded pages); mask [B, 1, 1, L] (True = valid).
+    On CPU this is ~4x faster than SDPA with a mask for a single query (measured in the ch07
+    notebook 7 profile), and it keeps GQA groups without repeating K/V."""
+    batch, hq, dim = q.shape
+    hkv = keys.shape[2]
+    qg = q.view(batch, hkv, hq // hkv, dim)                                    # [B, Hkv, G, D]
+    scores = (qg @ keys.permute(0, 2, 3, 1)).float() * dim ** -0.5             # [B, Hkv, G, L]
+    probs = scores.masked_fill_(~mask, float("-inf")).softmax(-1).to(values.dtype)
+    return (probs @ values.transpose(1, 2)).view(batch, hq, dim)
 
 
 class ModelRunner:
