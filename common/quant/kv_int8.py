@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..attention import causal_mask, sdpa
+from ..kv_cache import KVCache
 from ..llama import ContextLengthError, LlamaConfig
 
 
@@ -28,18 +29,16 @@ def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) 
     return (codes.float() * scale.float()[..., None]).to(dtype)
 
 
-class Int8KVCache:
+class Int8KVCache(KVCache):
+    """`KVCache` whose K/V buffers hold int8 codes, with fp16 scales [layers, batch, kv_heads, max_len]."""
+
     def __init__(self, config: LlamaConfig, batch_size: int, max_seq_len: int,
                  device: str | torch.device = "cpu") -> None:
         if batch_size < 1 or max_seq_len < 1:
             raise ValueError(f"batch_size and max_seq_len must be >= 1, got {batch_size}, {max_seq_len}")
-        shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_seq_len, config.head_dim)
-        self.k = torch.zeros(shape, dtype=torch.int8, device=device)
-        self.v = torch.zeros(shape, dtype=torch.int8, device=device)
-        self.k_scale = torch.zeros(shape[:-1], dtype=torch.float16, device=device)
-        self.v_scale = torch.zeros(shape[:-1], dtype=torch.float16, device=device)
-        self.max_seq_len = max_seq_len
-        self.seq_len = 0
+        super().__init__(config, batch_size, max_seq_len, torch.int8, device)
+        self.k_scale = torch.zeros(self.k.shape[:-1], dtype=torch.float16, device=device)
+        self.v_scale = torch.zeros(self.v.shape[:-1], dtype=torch.float16, device=device)
 
     @staticmethod
     def bytes_per_token(config: LlamaConfig) -> int:
@@ -51,19 +50,12 @@ class Int8KVCache:
         return self.k.nbytes + self.v.nbytes + self.k_scale.nbytes + self.v_scale.nbytes
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        start, new = self.seq_len, q.shape[-2]
-        end = start + new
-        if end > self.max_seq_len:
-            raise ContextLengthError(f"KV cache holds {self.max_seq_len} tokens; {end} requested")
-        self.k[layer_idx, :, :, start:end], self.k_scale[layer_idx, :, :, start:end] = quantize_kv(k)
-        self.v[layer_idx, :, :, start:end], self.v_scale[layer_idx, :, :, start:end] = quantize_kv(v)
-        keys = dequantize_kv(self.k[layer_idx, :, :, :end], self.k_scale[layer_idx, :, :, :end], q.dtype)
-        values = dequantize_kv(self.v[layer_idx, :, :, :end], self.v_scale[layer_idx, :, :, :end], q.dtype)
-        mask = None if new == 1 else causal_mask(new, end, device=q.device)
-        return sdpa(q, keys, values, mask=mask)
-
-    def advance(self, num_tokens: int) -> None:
-        self.seq_len += num_tokens
-
-    def reset(self) -> None:
-        self.seq_len = 0
+        span = slice(self.seq_len, self.seq_len + q.shape[-2])
+        if span.stop > self.max_seq_len:
+            raise ContextLengthError(f"KV cache holds {self.max_seq_len} tokens; {span.stop} requested")
+        for codes, scales, new in ((self.k, self.k_scale, k), (self.v, self.v_scale, v)):
+            codes[layer_idx, :, :, span], scales[layer_idx, :, :, span] = quantize_kv(new)
+        read = [dequantize_kv(codes[layer_idx, :, :, : span.stop], scales[layer_idx, :, :, : span.stop], q.dtype)
+                for codes, scales in ((self.k, self.k_scale), (self.v, self.v_scale))]
+        causal = None if q.shape[-2] == 1 else causal_mask(q.shape[-2], span.stop, device=q.device)
+        return sdpa(q, read[0], read[1], mask=causal)
