@@ -34,7 +34,8 @@ check-labs: setup
 	@$(STAGE) "lab check" $(PY) -m labs.check
 
 lab-%: setup
-	@$(PY) -m pytest -q labs/lab$*
+	@if [ -d labs/lab$* ]; then $(PY) -m pytest -q labs/lab$*; \
+	else echo "no lab $* yet; labs: $$(ls -d labs/lab*/ | xargs -n1 basename | tr '\n' ' ')"; exit 2; fi
 
 doctor: setup
 	@$(PY) -m common.doctor
