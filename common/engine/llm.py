@@ -3,7 +3,8 @@
 Each `step()`: schedule (decodes first, then chunked prefills under the token budget) →
 build the ragged batch → one forward over the paged KV cache → sample every sequence that
 finished its pending tokens → check stops. Blocks come from `common.paged.BlockManager`,
-K/V live in `common.paged.PagedKVStore`.
+K/V live in `common.paged.PagedKVStore` (or `common.quant.kv_int8_paged.Int8PagedKVStore` with
+kv_cache_dtype="int8").
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from tqdm.auto import tqdm
 from ..device import parse_dtype, pick_device
 from ..llama import Llama
 from ..paged import BlockManager, PagedKVStore
+from ..quant.kv_int8_paged import Int8PagedKVStore
 from .runner import ModelRunner
 from .sampler import SamplingBatch, sample
 from .sampling_params import SamplingParams
@@ -25,6 +27,7 @@ from .sequence import RequestOutput, Sequence, Status, completion_of
 from .stats import StepStats
 
 DEFAULT_KV_CACHE_MEMORY = 1 << 30
+KV_CACHE_DTYPES = ("auto", "int8")
 
 
 class LLM:
@@ -33,8 +36,15 @@ class LLM:
                  kv_cache_memory: int | None = None, num_blocks: int | None = None, max_num_seqs: int = 256,
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  enable_chunked_prefill: bool = True, scheduling_policy: str = "fcfs",
-                 max_model_len: int | None = None, tokenizer: Any = None, aging: float = 0.0) -> None:
+                 max_model_len: int | None = None, tokenizer: Any = None, aging: float = 0.0,
+                 kv_cache_dtype: str = "auto") -> None:
+        """kv_cache_dtype (vLLM's name): "auto" stores K/V in the model dtype; "int8" stores int8 codes
+        with one fp16 scale per (token, kv head) (common.quant.kv_int8_paged), ~half of bf16's bytes,
+        so the same kv_cache_memory holds ~2x the blocks."""
         check_policy(scheduling_policy)
+        if kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
+        self.kv_cache_dtype = kv_cache_dtype
         if isinstance(model, Llama):
             self.model, self.model_name = model, None
         else:
@@ -48,18 +58,23 @@ class LLM:
         self.device = pick_device(self.model.device)
         self.dtype = self.model.dtype
         self.max_model_len = max_model_len or self.config.max_position_embeddings
+        store_cls = Int8PagedKVStore if kv_cache_dtype == "int8" else PagedKVStore
         if num_blocks is None:
-            num_blocks = PagedKVStore.num_blocks_for_memory(
+            num_blocks = store_cls.num_blocks_for_memory(
                 self.config, kv_cache_memory or DEFAULT_KV_CACHE_MEMORY, block_size, self.dtype)
         if num_blocks < 1:
             raise ValueError(f"the KV cache must hold at least one block, got num_blocks={num_blocks}")
         self.block_size = block_size
         self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        self.kv_store = PagedKVStore(self.config, num_blocks, block_size, self.dtype, self.device)
+        if kv_cache_dtype == "int8":
+            self.kv_store = Int8PagedKVStore(self.config, num_blocks, block_size, self.device)
+        else:
+            self.kv_store = PagedKVStore(self.config, num_blocks, block_size, self.dtype, self.device)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
                                    enable_chunked_prefill, scheduling_policy, aging)
         self.runner = ModelRunner(self.model, self.kv_store.k_cache, self.kv_store.v_cache, block_size,
-                                  self.block_manager.block_table)
+                                  self.block_manager.block_table,
+                                  store=self.kv_store if kv_cache_dtype == "int8" else None)
         self.eos_token_id = self.config.eos_token_id
         self.stats: list[StepStats] = []
         self._seq_ids = itertools.count()

@@ -22,6 +22,7 @@ import torch
 
 from ..attention import causal_mask, sdpa
 from ..llama import Llama
+from ..paged.kv_store import PagedKVStore
 from .sequence import Sequence
 
 
@@ -52,8 +53,12 @@ class PagedBatchAttention:
 
     seq_len = 0  # positions are always passed explicitly
 
-    def __init__(self, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor], block_size: int) -> None:
+    def __init__(self, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor], block_size: int,
+                 store: PagedKVStore | None = None) -> None:
+        """With `store` (e.g. the INT8 store), K/V go through store.write/store.gather (quantize on write,
+        dequantize on read); without it, the raw tensors are indexed directly (the default fast path)."""
         self.k_cache, self.v_cache, self.block_size = k_cache, v_cache, block_size
+        self.store = store
         self.meta: BatchMetadata | None = None
 
     def advance(self, num_tokens: int) -> None:
@@ -64,18 +69,29 @@ class PagedBatchAttention:
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
-        kc, vc = self.k_cache[layer_idx], self.v_cache[layer_idx]
-        self._flat(kc).index_copy_(0, meta.slots, k[0].transpose(0, 1))
-        self._flat(vc).index_copy_(0, meta.slots, v[0].transpose(0, 1))
+        if self.store is None:
+            kc, vc = self.k_cache[layer_idx], self.v_cache[layer_idx]
+            self._flat(kc).index_copy_(0, meta.slots, k[0].transpose(0, 1))
+            self._flat(vc).index_copy_(0, meta.slots, v[0].transpose(0, 1))
+
+            def gather(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return kc[blocks], vc[blocks]
+        else:
+            self.store.write(layer_idx, meta.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+
+            def gather(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                return self.store.gather(layer_idx, blocks, q.dtype)
         out = torch.empty_like(q)
         nd = meta.num_decode
         if nd:
-            out[0, :, :nd] = decode_attention(q[0, :, :nd].transpose(0, 1), kc[meta.decode_tables].flatten(1, 2),
-                                              vc[meta.decode_tables].flatten(1, 2), meta.decode_mask).transpose(0, 1)
+            keys, values = gather(meta.decode_tables)
+            out[0, :, :nd] = decode_attention(q[0, :, :nd].transpose(0, 1), keys.flatten(1, 2),
+                                              values.flatten(1, 2), meta.decode_mask).transpose(0, 1)
         for chunk in meta.prefills:
             end = chunk.start + chunk.length
-            keys = kc[chunk.blocks].flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
-            values = vc[chunk.blocks].flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
+            keys, values = gather(chunk.blocks)
+            keys = keys.flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
+            values = values.flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
             fresh = chunk.context == chunk.length   # no cached prefix: plain causal, SDPA's fast path
             out[:, :, chunk.start:end] = sdpa(q[:, :, chunk.start:end], keys, values,
                                               mask=None if fresh else chunk.mask, causal=fresh)
@@ -98,13 +114,14 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 class ModelRunner:
     def __init__(self, model: Llama, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor],
-                 block_size: int, block_table_of) -> None:
-        """block_table_of(seq_id) -> list of block ids (the block manager's table)."""
+                 block_size: int, block_table_of, store: PagedKVStore | None = None) -> None:
+        """block_table_of(seq_id) -> list of block ids (the block manager's table); `store`: see
+        PagedBatchAttention (pass it for a quantized store)."""
         self.model = model
         self.device = model.device
         self.block_size = block_size
         self.block_table_of = block_table_of
-        self.attention = PagedBatchAttention(k_cache, v_cache, block_size)
+        self.attention = PagedBatchAttention(k_cache, v_cache, block_size, store)
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], num_decode: int) -> BatchMetadata:
         """Flatten the step's tokens and build every index the attention needs (once per step)."""

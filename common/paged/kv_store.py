@@ -28,9 +28,13 @@ class PagedKVStore:
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
 
+    def buffers(self) -> list[torch.Tensor]:
+        """Every tensor indexed by [block, offset, ...]: what copy_blocks copies and nbytes counts."""
+        return [*self.k_cache, *self.v_cache]
+
     @property
     def nbytes(self) -> int:
-        return sum(t.nbytes for t in self.k_cache) + sum(t.nbytes for t in self.v_cache)
+        return sum(t.nbytes for t in self.buffers())
 
     @staticmethod
     def num_blocks_for_memory(config: LlamaConfig, num_bytes: int, block_size: int, dtype: torch.dtype) -> int:
@@ -39,15 +43,20 @@ class PagedKVStore:
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k/v [tokens, kv_heads, head_dim] at the given flat slots."""
+        slots = self.check_write(layer, slot_mapping, k, v)
+        flat = (-1,) + tuple(self.k_cache[layer].shape[2:])
+        self.k_cache[layer].view(flat).index_copy_(0, slots, k.to(self.k_cache[layer].dtype))
+        self.v_cache[layer].view(flat).index_copy_(0, slots, v.to(self.v_cache[layer].dtype))
+
+    def check_write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Validate a write's shapes and slots; the slots as a long tensor on k's device."""
         if k.shape != v.shape or k.shape[0] != slot_mapping.numel() or k.shape[1:] != self.k_cache[layer].shape[2:]:
             raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)} do not match {slot_mapping.numel()} slots "
                              f"of [{', '.join(map(str, self.k_cache[layer].shape[2:]))}]")
         slots = slot_mapping.to(device=k.device, dtype=torch.long)
         if slots.numel() and (slots.min() < 0 or slots.max() >= self.num_blocks * self.block_size):
             raise ValueError("slot out of range")
-        flat = (-1,) + tuple(self.k_cache[layer].shape[2:])
-        self.k_cache[layer].view(flat).index_copy_(0, slots, k.to(self.k_cache[layer].dtype))
-        self.v_cache[layer].view(flat).index_copy_(0, slots, v.to(self.v_cache[layer].dtype))
+        return slots
 
     def copy_blocks(self, pairs: Iterable[tuple[int, int]]) -> None:
         """Apply copy-on-write copies (src block → dst block) in every layer."""
@@ -56,5 +65,9 @@ class PagedKVStore:
             return
         src = torch.tensor([s for s, _ in pairs], device=self.k_cache[0].device)
         dst = torch.tensor([d for _, d in pairs], device=self.k_cache[0].device)
-        for cache in (*self.k_cache, *self.v_cache):
+        for cache in self.buffers():
             cache[dst] = cache[src]
+
+    def gather(self, layer: int, blocks: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V of the given blocks, [*blocks.shape, block_size, kv_heads, head_dim], in `dtype`."""
+        return self.k_cache[layer][blocks].to(dtype), self.v_cache[layer][blocks].to(dtype)

@@ -7,7 +7,7 @@ token cannot hurt the others. Memory per token: L·H_kv·(D + 2) bytes for K and
 scale per head) instead of L·H_kv·D·2 bytes in bf16: 0.52× for head_dim 64.
 
 It implements the model's cache interface (`seq_len`, `attend`, `advance`), like
-`common.kv_cache.KVCache`. (The paged engine's store is not part of this module.)
+`common.kv_cache.KVCache`. The paged engine's INT8 store (same quantizer) is `common.quant.kv_int8_paged`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from ..llama import ContextLengthError, LlamaConfig
 
 def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., D] -> int8 codes [..., D] and fp16 scales [...] (symmetric, per token and head)."""
-    scale = (x.abs().amax(-1).float() / 127).clamp_min(1e-8).to(torch.float16)
+    # clamp after the fp16 cast (to its smallest subnormal): an all-zero token must not get scale 0 (0/0 = NaN)
+    scale = (x.abs().amax(-1).float() / 127).to(torch.float16).clamp_min(2 ** -24)
     codes = torch.clamp(torch.round(x.float() / scale.float()[..., None]), -127, 127).to(torch.int8)
     return codes, scale
 
