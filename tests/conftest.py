@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton reads TRITON_INTERPRET when it is first imported; whichever test imports it first
+    # (directly or through torch) must already see it, or later kernels fail to launch on CPU.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from common.models import load_hf_model, load_model
 
