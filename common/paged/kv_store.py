@@ -9,13 +9,14 @@ from typing import Iterable
 
 import torch
 
+from .. import kv_math
 from ..llama import LlamaConfig
 
 
 def kv_bytes_per_token(config: LlamaConfig, dtype: torch.dtype) -> int:
     """K and V of every layer for one token."""
     element = torch.empty((), dtype=dtype).element_size()
-    return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * element
+    return kv_math.kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, element)
 
 
 class PagedKVStore:
