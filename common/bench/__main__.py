@@ -1,5 +1,7 @@
 """python -m common.bench offline --engines common,hf,vllm --num-prompts 64 --input-len 64:256 \
-    --output-len 64:256 --dtype bfloat16 --json out.json [--figure figures/bench_offline.png]"""
+    --output-len 64:256 --dtype bfloat16 --json out.json [--figure figures/bench_offline.png]
+python -m common.bench serve --base-url URL --model M --num-prompts N --request-rate 1,2,4 \
+    --input-len 64:128 --output-len 32:64 [--slo-ttft-ms X --slo-tpot-ms Y] [--trace t.jsonl] --json out.json"""
 from __future__ import annotations
 
 import argparse
@@ -23,7 +25,30 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--json", default=None)
     off.add_argument("--figure", default=str(DEFAULT_FIGURE))
     off.add_argument("--no-fp32-check", action="store_true")
+    srv = sub.add_parser("serve", help="online serving: streaming requests at Poisson request rates or a trace")
+    srv.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
+    srv.add_argument("--model", required=True, help="served model name (also picks the vocabulary)")
+    srv.add_argument("--num-prompts", type=int, default=32)
+    srv.add_argument("--request-rate", default="1,2,4", help="req/s, comma list; inf = all at once")
+    srv.add_argument("--input-len", default="64:128")
+    srv.add_argument("--output-len", default="32:64")
+    srv.add_argument("--vocab-size", type=int, default=None, help="default: the model's config")
+    srv.add_argument("--seed", type=int, default=0)
+    srv.add_argument("--trace", default=None, help="JSONL: timestamp, prompt_token_ids|prompt, output_len")
+    srv.add_argument("--slo-ttft-ms", type=float, default=None)
+    srv.add_argument("--slo-tpot-ms", type=float, default=None)
+    srv.add_argument("--max-concurrency", type=int, default=None)
+    srv.add_argument("--warmup", type=int, default=2, help="unmeasured short requests first")
+    srv.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.mode == "serve":
+        from .serve import run_serve
+
+        run_serve(args.base_url, args.model, args.request_rate, num_prompts=args.num_prompts,
+                  input_len=args.input_len, output_len=args.output_len, vocab_size=args.vocab_size,
+                  seed=args.seed, trace=args.trace, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
+                  max_concurrency=args.max_concurrency, warmup=args.warmup, json_path=args.json)
+        return 0
     run_offline([e.strip() for e in args.engines.split(",") if e.strip()], args.num_prompts, args.input_len,
                 args.output_len, args.dtype, args.model, args.seed, args.json, args.figure,
                 not args.no_fp32_check, args.hf_batch_size)
