@@ -9,19 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 
 from aiohttp import web
 
+from common.peers.process import free_port
+
 FAIL_TOKEN = 13
 BLOCK = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class FakeServer:

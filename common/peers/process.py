@@ -1,0 +1,94 @@
+"""A server in a child process: started in its own process group, log to a file, ready when its
+health URL answers 200, stopped as a group (servers such as vLLM spawn children that would
+otherwise outlive us and keep their memory)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A port the OS says is free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_ok(url: str, timeout_s: float = 2) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+class ManagedServer:
+    """`with ManagedServer(args, base_url) as s:` runs `args` until the block ends."""
+
+    def __init__(self, args: list[str], base_url: str, health_path: str = "/health", env: dict | None = None,
+                 log_path: str | Path | None = None, startup_timeout_s: float = 120, name: str = "server"):
+        self.args, self.base_url, self.health_path = list(args), base_url.rstrip("/"), health_path
+        self.env = {**os.environ, **(env or {})}
+        self.name = name
+        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen | None = None
+        self.startup_s: float | None = None
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Spawn in a new session (= process group) and poll the health URL until it answers 200."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "wb") as log:
+            t0 = time.perf_counter()
+            self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                         start_new_session=True)
+        deadline = t0 + self.startup_timeout_s
+        while time.perf_counter() < deadline:
+            if self.proc.poll() is not None:
+                code, tail = self.proc.returncode, self.log_tail()
+                self.stop()
+                raise RuntimeError(f"{self.name} exited with {code} during startup:\n{tail}")
+            if http_ok(self.base_url + self.health_path):
+                self.startup_s = time.perf_counter() - t0
+                return
+            time.sleep(0.5)
+        tail = self.log_tail()
+        self.stop()
+        raise TimeoutError(f"{self.name} not healthy after {self.startup_timeout_s:.0f} s:\n{tail}")
+
+    def stop(self, grace_s: float = 30) -> None:
+        """SIGTERM the process group, SIGKILL whatever is left after `grace_s`."""
+        if self.proc is None:
+            return
+        pgid = self.proc.pid  # start_new_session: the leader's pid is the group id
+        try:
+            os.killpg(pgid, signal.SIGTERM)
+            self.proc.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            pass
+        try:  # children (vLLM's engine core) may outlive the leader by a moment
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self.proc = None
+
+    def log_tail(self, n: int = 40) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
