@@ -120,7 +120,21 @@ def test_cli(tmp_path, capsys):
     with FakeServer() as srv:
         assert bench_main(["serve", "--base-url", srv.base_url, "--model", "fake", "--num-prompts", "4",
                            "--request-rate", "inf", "--input-len", "4:8", "--output-len", "2:3",
-                           "--vocab-size", "64", "--slo-ttft-ms", "10000", "--json", str(out)]) == 0
+                           "--vocab-size", "64", "--slo-ttft-ms", "10000", "--per-request", "--json", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["workload"]["slo_ttft_ms"] == 10000 and data["results"][0]["completed"] == 4
+    rows = data["results"][0]["requests"]
+    assert len(rows) == 4 and all(2 <= r["output_tokens"] <= 3 and r["e2e_ms"] >= r["ttft_ms"] for r in rows)
     assert "TTFT50" in capsys.readouterr().out
+
+
+def test_prom_scrape_reads_vllm_counters():
+    from common.bench.prom import delta, scrape
+
+    with FakeServer() as srv:
+        before = scrape(srv.base_url, ("prefix_cache_queries", "prefix_cache_hits", "no_such_metric"))
+        run_serve(srv.base_url, "fake", "inf", num_prompts=3, input_len="8", output_len="2", vocab_size=50,
+                  warmup=0, progress=False, print_results=False)
+        after = scrape(srv.base_url, ("prefix_cache_queries", "prefix_cache_hits", "no_such_metric"))
+    assert before["missing"] == after["missing"] == ["no_such_metric"]
+    assert delta(after, before)["prefix_cache_queries"] == 24 == srv.queries

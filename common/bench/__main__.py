@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--slo-tpot-ms", type=float, default=None)
     srv.add_argument("--max-concurrency", type=int, default=None)
     srv.add_argument("--warmup", type=int, default=2, help="unmeasured short requests first")
+    srv.add_argument("--per-request", action="store_true", help="also write every request's numbers")
     srv.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.mode == "serve":
@@ -47,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         run_serve(args.base_url, args.model, args.request_rate, num_prompts=args.num_prompts,
                   input_len=args.input_len, output_len=args.output_len, vocab_size=args.vocab_size,
                   seed=args.seed, trace=args.trace, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
-                  max_concurrency=args.max_concurrency, warmup=args.warmup, json_path=args.json)
+                  max_concurrency=args.max_concurrency, warmup=args.warmup, per_request=args.per_request,
+                  json_path=args.json)
         return 0
     run_offline([e.strip() for e in args.engines.split(",") if e.strip()], args.num_prompts, args.input_len,
                 args.output_len, args.dtype, args.model, args.seed, args.json, args.figure,

@@ -97,6 +97,13 @@ def _quantiles_ms(values_s: list[float]) -> dict:
         "mean": None if not values_s else 1e3 * sum(values_s) / len(values_s)}
 
 
+def request_rows(results: list[RequestResult]) -> list[dict]:
+    """Per-request numbers (ms) of the completed requests, for plots and per-request checks."""
+    return [{"index": r.index, "start_s": r.start_s, "prompt_len": r.prompt_len, "output_tokens": r.output_tokens,
+             "ttft_ms": r.ttft_s * 1e3, "e2e_ms": r.e2e_s * 1e3,
+             "tpot_ms": None if r.tpot_s is None else r.tpot_s * 1e3} for r in results if r.ok]
+
+
 def summarize_run(results: list[RequestResult], duration_s: float, request_rate: float,
                   slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None) -> dict:
     """Percentiles over completed requests, throughput over the run's wall time, goodput = completed
@@ -184,9 +191,10 @@ def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, nu
               input_len="64:128", output_len="32:64", vocab_size: int | None = None, seed: int = 0,
               trace: str | Path | None = None, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None,
               max_concurrency: int | None = None, server: dict | None = None, json_path: str | Path | None = None,
-              warmup: int = 2, progress: bool = True, print_results: bool = True) -> dict:
+              warmup: int = 2, per_request: bool = False, progress: bool = True, print_results: bool = True) -> dict:
     """Run the workload at every request rate (or replay `trace` once) against `base_url`, after
-    `warmup` short unmeasured requests; returns (and optionally writes) the benchmark JSON."""
+    `warmup` short unmeasured requests; returns (and optionally writes) the benchmark JSON
+    (with `per_request`, each result also lists its completed requests under "requests")."""
     if trace is not None:
         requests = load_trace(trace)
         span = max(r.arrival_s for r in requests)
@@ -216,6 +224,8 @@ def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, nu
         done, wall = run_sync(run_requests(base_url, model, reqs, max_concurrency, progress=progress,
                                               desc=f"rate {rate:g}"))
         results.append(summarize_run(done, wall, rate, slo_ttft_ms, slo_tpot_ms))
+        if per_request:
+            results[-1]["requests"] = request_rows(done)
     report = {"server": {"base_url": base_url, "model": model, **(server or {})}, "workload": workload,
               "results": results}
     if print_results:

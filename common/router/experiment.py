@@ -12,6 +12,7 @@ import random
 import sys
 from pathlib import Path
 
+from ..bench.prom import delta, scrape
 from ..bench.serve import ServeRequest, run_requests, run_sync, summarize_run
 from ..peers.process import ManagedServer, free_port
 
@@ -46,32 +47,16 @@ def multi_turn_trace(conversations: int = 5, turns: int = 4, seed: int = 0, syst
     return sorted(out, key=lambda r: r.arrival_s)
 
 
-def scrape_counters(base_url: str, names: tuple[str, ...] = ("prefix_cache_queries", "prefix_cache_hits")) -> dict:
-    """Sum of each vLLM-named counter (`vllm:<name>_total`, any labels) on a server's /metrics."""
-    import urllib.request
-
-    with urllib.request.urlopen(base_url.rstrip("/") + "/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    totals = {n: 0.0 for n in names}
-    for line in text.splitlines():
-        if line.startswith("#") or not line.strip():
-            continue
-        metric = line.split("{")[0].split()[0]
-        for n in names:
-            if metric in (f"vllm:{n}_total", f"vllm:{n}"):
-                totals[n] += float(line.rsplit(None, 1)[-1])
-    return totals
-
-
 def run_trace_through(url: str, model: str, requests: list[ServeRequest], replicas: list[str]) -> dict:
     """Replay `requests` against `url`; return the summary plus the replicas' prefix-cache hit rate
     over this run and TTFT of the first turns vs the later turns."""
-    before = [scrape_counters(r) for r in replicas]
+    names = ("prefix_cache_queries", "prefix_cache_hits")
+    before = [scrape(r, names) for r in replicas]
     done, wall = run_sync(run_requests(url, model, requests, progress=False))
-    after = [scrape_counters(r) for r in replicas]
+    counts = [delta(scrape(r, names), b) for r, b in zip(replicas, before)]
     summary = summarize_run(done, wall, len(requests) / max(r.arrival_s for r in requests))
-    queries = [a["prefix_cache_queries"] - b["prefix_cache_queries"] for a, b in zip(after, before)]
-    hits = [a["prefix_cache_hits"] - b["prefix_cache_hits"] for a, b in zip(after, before)]
+    queries = [c["prefix_cache_queries"] for c in counts]
+    hits = [c["prefix_cache_hits"] for c in counts]
     first_turn = {r.user: min(q.arrival_s for q in requests if q.user == r.user) for r in requests}
     later = [res.ttft_s * 1e3 for res, req in zip(done, requests) if res.ok and req.arrival_s > first_turn[req.user]]
     first = [res.ttft_s * 1e3 for res, req in zip(done, requests) if res.ok and req.arrival_s == first_turn[req.user]]
