@@ -149,7 +149,7 @@ async def run_requests(base_url: str, model: str, requests: list[ServeRequest], 
 
     url = base_url.rstrip("/") + "/v1/completions"
     limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    bar = tqdm(total=len(requests), desc=desc or "requests", disable=not progress, leave=False)
+    bar = tqdm(total=len(requests), desc=desc or "requests", disable=not progress, leave=False, mininterval=2.0)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
