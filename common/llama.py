@@ -90,16 +90,21 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
+        self.qkv = self.out = None   # set by common.fused.fuse_for_serving
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: AttentionCache | None) -> torch.Tensor:
         batch, seq, _ = x.shape
-        q = self.q_proj(x).view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv is not None:   # serving-time fusion (common.fused)
+            q, k, v = self.qkv.split(x)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = sdpa(q, k, v, causal=True) if cache is None else cache.attend(self.layer_idx, q, k, v)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        return (self.out or self.o_proj)(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
 class DecoderLayer(nn.Module):
@@ -127,6 +132,7 @@ class Llama(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
+        self.head = None   # set by common.fused.fuse_for_serving
 
     @property
     def device(self) -> torch.device:
@@ -163,7 +169,11 @@ class Llama(nn.Module):
         """Logits [batch, seq, vocab] (or [batch, 1, vocab] with last_only, which skips the
         LM head on all but the last position: most of prefill's LM-head cost)."""
         h = self.hidden_states(input_ids, positions, cache)
-        return self.lm_head(h[:, -1:] if last_only else h)
+        return self.logits(h[:, -1:] if last_only else h)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The LM head (its fused/prepacked copy after common.fused.fuse_for_serving)."""
+        return (self.head or self.lm_head)(hidden)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,

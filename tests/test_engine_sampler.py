@@ -68,6 +68,7 @@ def test_decode_attention_matches_sdpa(rng):
     k = torch.randn(B, L, Hkv, D, generator=rng)
     v = torch.randn(B, L, Hkv, D, generator=rng)
     lens = torch.randint(1, L + 1, (B,), generator=rng)
-    mask = (torch.arange(L)[None] < lens[:, None])[:, None, None, :]
-    ref = sdpa(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2), mask=mask).squeeze(2)
-    assert torch.allclose(decode_attention(q, k, v, mask), ref, atol=1e-5)
+    valid = torch.arange(L)[None] < lens[:, None]
+    ref = sdpa(q.unsqueeze(2), k.transpose(1, 2), v.transpose(1, 2), mask=valid[:, None, None, :]).squeeze(2)
+    got = decode_attention(q.transpose(0, 1), k.permute(2, 0, 1, 3), v.permute(2, 0, 1, 3), valid)
+    assert torch.allclose(got.transpose(0, 1), ref, atol=1e-5)

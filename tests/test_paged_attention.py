@@ -90,3 +90,28 @@ def test_kv_store_write_and_copy_follow_block_manager(rng):
     assert PagedKVStore.num_blocks_for_memory(cfg, store.nbytes, 4, torch.float32) == 8
     with pytest.raises(ValueError):
         store.write(0, slots[:3], k, v)
+
+
+def test_head_major_store_matches_block_major(rng):
+    """HeadMajorKVStore holds the same K/V as PagedKVStore for the same slots, gathers them in either
+    layout, and copies blocks (copy-on-write) the same way."""
+    from common.paged import HeadMajorKVStore
+
+    cfg = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=8, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=8)
+    plain, head = PagedKVStore(cfg, 6, 4), HeadMajorKVStore(cfg, 6, 4)
+    slots = torch.randperm(24, generator=rng)[:13]
+    k = torch.randn(13, cfg.num_key_value_heads, cfg.head_dim, generator=rng)
+    v = torch.randn(13, cfg.num_key_value_heads, cfg.head_dim, generator=rng)
+    for store in (plain, head):
+        store.write(1, slots, k, v)
+        store.copy_blocks([(0, 5), (2, 3)])
+    blocks = torch.tensor([[5, 1, 3], [0, 2, 4]])
+    for a, b in zip(plain.gather(1, blocks, torch.float32), head.gather(1, blocks, torch.float32)):
+        assert torch.equal(a, b)
+    hk, hv = head.gather_head_major(1, head.head_rows(blocks, head.num_blocks))
+    pk, pv = plain.gather(1, blocks, torch.float32)                      # [2, 3, 4, Hkv, D]
+    assert torch.equal(hk.view(cfg.num_key_value_heads, 2, 12, -1), pk.flatten(1, 2).permute(2, 0, 1, 3))
+    assert torch.equal(hv.view(cfg.num_key_value_heads, 2, 12, -1), pv.flatten(1, 2).permute(2, 0, 1, 3))
+    with pytest.raises(ValueError, match="slot out of range"):
+        head.write(0, torch.tensor([24]), k[:1], v[:1])

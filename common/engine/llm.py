@@ -3,8 +3,9 @@
 Each `step()`: schedule (decodes first, then chunked prefills under the token budget) →
 build the ragged batch → one forward over the paged KV cache → sample every sequence that
 finished its pending tokens → check stops. Blocks come from `common.paged.BlockManager`,
-K/V live in `common.paged.PagedKVStore` (or `common.quant.kv_int8_paged.Int8PagedKVStore` with
-kv_cache_dtype="int8").
+K/V live in `common.paged.HeadMajorKVStore` (the paged store with kv heads outermost, which
+decode attention gathers without a copy) or `common.quant.kv_int8_paged.Int8PagedKVStore` with
+kv_cache_dtype="int8".
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from tqdm.auto import tqdm
 
 from ..device import parse_dtype, pick_device
 from ..llama import Llama
-from ..paged import BlockManager, PagedKVStore
+from ..fused import fuse_for_serving
+from ..paged import BlockManager, HeadMajorKVStore, PagedKVStore
 from ..quant.kv_int8_paged import Int8PagedKVStore
 from .runner import ModelRunner
 from .sampler import SamplingBatch, sample
@@ -50,6 +52,7 @@ class LLM:
         else:
             from ..models import load_model
             self.model, self.model_name = load_model(model, dtype, device), model
+        fuse_for_serving(self.model)   # fused QKV / gate-up, oneDNN-prepacked on CPU bf16 (common.fused)
         self.tokenizer = tokenizer
         if self.tokenizer is None and self.model_name is not None:
             from ..models import load_tokenizer
@@ -69,12 +72,10 @@ class LLM:
         if kv_cache_dtype == "int8":
             self.kv_store = Int8PagedKVStore(self.config, num_blocks, block_size, self.device)
         else:
-            self.kv_store = PagedKVStore(self.config, num_blocks, block_size, self.dtype, self.device)
+            self.kv_store = HeadMajorKVStore(self.config, num_blocks, block_size, self.dtype, self.device)
         self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
                                    enable_chunked_prefill, scheduling_policy, aging)
-        self.runner = ModelRunner(self.model, self.kv_store.k_cache, self.kv_store.v_cache, block_size,
-                                  self.block_manager.block_table,
-                                  store=self.kv_store if kv_cache_dtype == "int8" else None)
+        self.runner = ModelRunner(self.model, self.kv_store, self.block_manager.block_table)
         self.eos_token_id = self.config.eos_token_id
         self.stats: list[StepStats] = []
         self._seq_ids = itertools.count()

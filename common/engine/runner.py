@@ -22,7 +22,7 @@ import torch
 
 from ..attention import causal_mask, sdpa
 from ..llama import Llama
-from ..paged.kv_store import PagedKVStore
+from ..paged.kv_store import HeadMajorKVStore, PagedKVStore
 from .sequence import Sequence
 
 
@@ -31,6 +31,7 @@ class PrefillChunk:
     start: int                      # offset of the chunk in the flat batch
     length: int                     # new tokens
     blocks: torch.Tensor            # block ids covering the context
+    rows: torch.Tensor | None       # the same blocks as head-major rows (HeadMajorKVStore only)
     context: int                    # cached prefix + new tokens
     mask: torch.Tensor              # [length, context] causal over the context
 
@@ -40,92 +41,96 @@ class BatchMetadata:
     input_ids: torch.Tensor         # [1, T]
     positions: torch.Tensor         # [T]
     slots: torch.Tensor             # [T] flat slot (block * block_size + offset) of each token
+    write_rows: torch.Tensor | None # slots as head-major rows (HeadMajorKVStore only)
     num_decode: int
     decode_tables: torch.Tensor     # [num_decode, max_blocks]
-    decode_mask: torch.Tensor       # [num_decode, 1, 1, max_blocks * block_size]
+    decode_rows: torch.Tensor | None
+    decode_valid: torch.Tensor      # [num_decode, max_blocks * block_size], True = a real key
     prefills: list[PrefillChunk]
     sample_rows: torch.Tensor       # rows of the flat batch whose logits are sampled
     sample_seqs: list[Sequence]
 
 
 class PagedBatchAttention:
-    """The cache object handed to `Llama.hidden_states`: stores new K/V, attends over the pages."""
+    """The cache object handed to `Llama.hidden_states`: stores new K/V, attends over the pages.
+
+    With a `HeadMajorKVStore` (the engine's default) pages are gathered straight into the
+    [kv_heads, batch, tokens, head_dim] layout the attention matmuls read; any other store (e.g.
+    the INT8 one, which dequantizes on read) goes through its `gather` and one transpose copy.
+    """
 
     seq_len = 0  # positions are always passed explicitly
 
-    def __init__(self, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor], block_size: int,
-                 store: PagedKVStore | None = None) -> None:
-        """With `store` (e.g. the INT8 store), K/V go through store.write/store.gather (quantize on write,
-        dequantize on read); without it, the raw tensors are indexed directly (the default fast path)."""
-        self.k_cache, self.v_cache, self.block_size = k_cache, v_cache, block_size
+    def __init__(self, store: PagedKVStore) -> None:
         self.store = store
+        self.head_major = isinstance(store, HeadMajorKVStore)
         self.meta: BatchMetadata | None = None
 
     def advance(self, num_tokens: int) -> None:
         pass
 
-    def _flat(self, cache: torch.Tensor) -> torch.Tensor:
-        return cache.view(-1, cache.shape[-2], cache.shape[-1])   # [num_blocks * block_size, Hkv, D]
+    def _pages(self, layer: int, blocks: torch.Tensor, rows: torch.Tensor | None,
+               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """K/V of `blocks` ([n] or [B, n]) as [kv_heads, (B,) n * block_size, head_dim]."""
+        if self.head_major:
+            k, v = self.store.gather_head_major(layer, rows)
+            return k.view(k.shape[0], *blocks.shape[:-1], -1, k.shape[-1]), \
+                v.view(v.shape[0], *blocks.shape[:-1], -1, v.shape[-1])
+        k, v = self.store.gather(layer, blocks, dtype)          # [..., n, block_size, Hkv, D]
+        return (k.flatten(-4, -3).movedim(-2, 0), v.flatten(-4, -3).movedim(-2, 0))
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
-        if self.store is None:
-            kc, vc = self.k_cache[layer_idx], self.v_cache[layer_idx]
-            self._flat(kc).index_copy_(0, meta.slots, k[0].transpose(0, 1))
-            self._flat(vc).index_copy_(0, meta.slots, v[0].transpose(0, 1))
-
-            def gather(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return kc[blocks], vc[blocks]
+        if self.head_major:
+            self.store.write_rows(layer_idx, meta.write_rows, k[0], v[0])
         else:
             self.store.write(layer_idx, meta.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
-
-            def gather(blocks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-                return self.store.gather(layer_idx, blocks, q.dtype)
         out = torch.empty_like(q)
         nd = meta.num_decode
         if nd:
-            keys, values = gather(meta.decode_tables)
-            out[0, :, :nd] = decode_attention(q[0, :, :nd].transpose(0, 1), keys.flatten(1, 2),
-                                              values.flatten(1, 2), meta.decode_mask).transpose(0, 1)
+            keys, values = self._pages(layer_idx, meta.decode_tables, meta.decode_rows, q.dtype)
+            out[0, :, :nd] = decode_attention(q[0, :, :nd], keys, values, meta.decode_valid)
         for chunk in meta.prefills:
             end = chunk.start + chunk.length
-            keys, values = gather(chunk.blocks)
-            keys = keys.flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
-            values = values.flatten(0, 1)[:chunk.context].transpose(0, 1).unsqueeze(0)
+            keys, values = self._pages(layer_idx, chunk.blocks, chunk.rows, q.dtype)
+            keys, values = keys[None, :, :chunk.context], values[None, :, :chunk.context]
             fresh = chunk.context == chunk.length   # no cached prefix: plain causal, SDPA's fast path
             out[:, :, chunk.start:end] = sdpa(q[:, :, chunk.start:end], keys, values,
                                               mask=None if fresh else chunk.mask, causal=fresh)
         return out
 
 
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """One query token per sequence over its gathered pages, as two batched matmuls.
 
-    q [B, Hq, D]; keys/values [B, L, Hkv, D] (L = padded pages); mask [B, 1, 1, L] (True = valid).
-    On CPU this is ~4x faster than SDPA with a mask for a single query (measured in the ch07
-    notebook 7 profile), and it keeps GQA groups without repeating K/V."""
-    batch, hq, dim = q.shape
-    hkv = keys.shape[2]
-    qg = q.view(batch, hkv, hq // hkv, dim)                                    # [B, Hkv, G, D]
-    scores = (qg @ keys.permute(0, 2, 3, 1)).float() * dim ** -0.5             # [B, Hkv, G, L]
-    probs = scores.masked_fill_(~mask, float("-inf")).softmax(-1).to(values.dtype)
-    return (probs @ values.transpose(1, 2)).view(batch, hq, dim)
+    q [Hq, B, D]; keys/values [Hkv, B, L, D] (L = padded pages); valid [B, L] (True = a real key).
+    Returns [Hq, B, D]. GQA groups share their K/V without repeating them, and K is read through a
+    transposed view, so nothing is copied between the gather and the matmuls. On CPU this is
+    several times faster than SDPA with a mask for a single query (chapter 7, notebook 7)."""
+    hq, batch, dim = q.shape
+    hkv = keys.shape[0]
+    qg = q.view(hkv, hq // hkv, batch, dim).transpose(1, 2)                     # [Hkv, B, G, D]
+    scores = torch.matmul(qg, keys.transpose(-1, -2)).float().mul_(dim ** -0.5)  # [Hkv, B, G, L]
+    probs = scores.masked_fill_(~valid[None, :, None, :], float("-inf")).softmax(-1).to(values.dtype)
+    return torch.matmul(probs, values).transpose(1, 2).reshape(hq, batch, dim)
 
 
 class ModelRunner:
-    def __init__(self, model: Llama, k_cache: list[torch.Tensor], v_cache: list[torch.Tensor],
-                 block_size: int, block_table_of, store: PagedKVStore | None = None) -> None:
-        """block_table_of(seq_id) -> list of block ids (the block manager's table); `store`: see
-        PagedBatchAttention (pass it for a quantized store)."""
+    def __init__(self, model: Llama, store: PagedKVStore, block_table_of) -> None:
+        """block_table_of(seq_id) -> list of block ids (the block manager's table)."""
         self.model = model
         self.device = model.device
-        self.block_size = block_size
+        self.store = store
+        self.block_size = store.block_size
         self.block_table_of = block_table_of
-        self.attention = PagedBatchAttention(k_cache, v_cache, block_size, store)
+        self.attention = PagedBatchAttention(store)
+
+    def _rows(self, ids: torch.Tensor, per_head: int) -> torch.Tensor | None:
+        return self.store.head_rows(ids, per_head) if self.attention.head_major else None
 
     def prepare(self, scheduled: list[tuple[Sequence, int]], num_decode: int) -> BatchMetadata:
         """Flatten the step's tokens and build every index the attention needs (once per step)."""
-        bs, dev = self.block_size, self.device
+        bs, dev, nblocks_total = self.block_size, self.device, self.store.num_blocks
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -145,22 +150,19 @@ class ModelRunner:
                 tables.append(table)
                 lengths.append(end)
             else:
-                nblocks = (end + bs - 1) // bs
-                prefills.append(PrefillChunk(offset, n, torch.tensor(table[:nblocks], device=dev), end,
+                blocks = torch.tensor(table[:(end + bs - 1) // bs], device=dev)
+                prefills.append(PrefillChunk(offset, n, blocks, self._rows(blocks, nblocks_total), end,
                                              causal_mask(n, end, device=dev)))
             if end == seq.num_tokens:
                 sample_rows.append(len(ids) - 1)
                 sample_seqs.append(seq)
-        if tables:
-            width = max(len(t) for t in tables)
-            table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev)
-            span = torch.arange(width * bs, device=dev)
-            mask = (span[None, :] < torch.tensor(lengths, device=dev)[:, None])[:, None, None, :]
-        else:
-            table_tensor = torch.zeros(0, 1, dtype=torch.long, device=dev)
-            mask = torch.zeros(0, 1, 1, bs, dtype=torch.bool, device=dev)
+        width = max((len(t) for t in tables), default=1)
+        table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev).view(-1, width)
+        valid = torch.arange(width * bs, device=dev)[None, :] < torch.tensor(lengths, device=dev).view(-1, 1)
+        slot_tensor = torch.tensor(slots, device=dev)
         return BatchMetadata(torch.tensor([ids], device=dev), torch.tensor(positions, device=dev),
-                             torch.tensor(slots, device=dev), num_decode, table_tensor, mask, prefills,
+                             slot_tensor, self._rows(slot_tensor, nblocks_total * bs), num_decode,
+                             table_tensor, self._rows(table_tensor, nblocks_total), valid, prefills,
                              torch.tensor(sample_rows, dtype=torch.long, device=dev), sample_seqs)
 
     @torch.inference_mode()
@@ -171,4 +173,4 @@ class ModelRunner:
             h = self.model.hidden_states(meta.input_ids, meta.positions, cache=self.attention)
         finally:
             self.attention.meta = None
-        return self.model.lm_head(h[0, meta.sample_rows])
+        return self.model.logits(h[0, meta.sample_rows])

@@ -20,14 +20,20 @@ def kv_bytes_per_token(config: LlamaConfig, dtype: torch.dtype) -> int:
 
 
 class PagedKVStore:
+    block_dim = 0   # the dimension of each cache tensor that indexes blocks
+
     def __init__(self, config: LlamaConfig, num_blocks: int, block_size: int,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError(f"num_blocks and block_size must be positive, got {num_blocks}, {block_size}")
         self.config, self.num_blocks, self.block_size = config, num_blocks, block_size
-        shape = (num_blocks, block_size, config.num_key_value_heads, config.head_dim)
+        shape = self.cache_shape(config, num_blocks, block_size)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
+
+    @staticmethod
+    def cache_shape(config: LlamaConfig, num_blocks: int, block_size: int) -> tuple[int, ...]:
+        return num_blocks, block_size, config.num_key_value_heads, config.head_dim
 
     def buffers(self) -> list[torch.Tensor]:
         """Every tensor indexed by [block, offset, ...]: what copy_blocks copies and nbytes counts."""
@@ -51,9 +57,10 @@ class PagedKVStore:
 
     def check_write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Validate a write's shapes and slots; the slots as a long tensor on k's device."""
-        if k.shape != v.shape or k.shape[0] != slot_mapping.numel() or k.shape[1:] != self.k_cache[layer].shape[2:]:
+        token_shape = (self.config.num_key_value_heads, self.config.head_dim)
+        if k.shape != v.shape or k.shape[0] != slot_mapping.numel() or tuple(k.shape[1:]) != token_shape:
             raise ValueError(f"k {tuple(k.shape)}, v {tuple(v.shape)} do not match {slot_mapping.numel()} slots "
-                             f"of [{', '.join(map(str, self.k_cache[layer].shape[2:]))}]")
+                             f"of [{', '.join(map(str, token_shape))}]")
         slots = slot_mapping.to(device=k.device, dtype=torch.long)
         if slots.numel() and (slots.min() < 0 or slots.max() >= self.num_blocks * self.block_size):
             raise ValueError("slot out of range")
@@ -67,8 +74,56 @@ class PagedKVStore:
         src = torch.tensor([s for s, _ in pairs], device=self.k_cache[0].device)
         dst = torch.tensor([d for _, d in pairs], device=self.k_cache[0].device)
         for cache in self.buffers():
-            cache[dst] = cache[src]
+            cache.index_copy_(self.block_dim, dst, cache.index_select(self.block_dim, src))
 
     def gather(self, layer: int, blocks: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V of the given blocks, [*blocks.shape, block_size, kv_heads, head_dim], in `dtype`."""
         return self.k_cache[layer][blocks].to(dtype), self.v_cache[layer][blocks].to(dtype)
+
+
+class HeadMajorKVStore(PagedKVStore):
+    """The same blocks stored per layer as [kv_heads, num_blocks, block_size, head_dim].
+
+    Why: decode attention reads, for every (kv head, sequence), the sequence's pages as one
+    [tokens, head_dim] matrix. With heads outermost, one `index_select` over rows
+    `head * num_blocks + block` lands K/V directly in [kv_heads, batch, tokens, head_dim], the
+    layout the two attention matmuls consume, so no transpose copy follows the gather (about
+    3x faster decode attention on CPU than gathering [block, offset, head, dim] pages; measured in
+    the chapter 7 engine notebook). Block ids, slots and copy-on-write work exactly as in the
+    parent class; `gather` still returns the parent's layout for code that expects it.
+    """
+
+    block_dim = 1
+
+    @staticmethod
+    def cache_shape(config: LlamaConfig, num_blocks: int, block_size: int) -> tuple[int, ...]:
+        return config.num_key_value_heads, num_blocks, block_size, config.head_dim
+
+    def head_rows(self, slots_or_blocks: torch.Tensor, per_head: int) -> torch.Tensor:
+        """Row ids into the [kv_heads * per_head, ...] flat view for every head: h * per_head + i."""
+        heads = torch.arange(self.config.num_key_value_heads, device=slots_or_blocks.device)
+        return (heads[:, None] * per_head + slots_or_blocks.reshape(1, -1)).reshape(-1)
+
+    def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k/v [tokens, kv_heads, head_dim] at the given flat slots."""
+        slots = self.check_write(layer, slot_mapping, k, v)
+        self.write_rows(layer, self.head_rows(slots, self.num_blocks * self.block_size),
+                        k.transpose(0, 1), v.transpose(0, 1))
+
+    def write_rows(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Unchecked write of k/v [kv_heads, tokens, head_dim] at precomputed `head_rows` (the hot path)."""
+        dim = self.config.head_dim
+        for cache, x in ((self.k_cache[layer], k), (self.v_cache[layer], v)):
+            cache.view(-1, dim).index_copy_(0, rows, x.reshape(-1, dim).to(cache.dtype))
+
+    def gather_head_major(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V pages at precomputed `head_rows(blocks, num_blocks)`, as [kv_heads, rows/heads * block_size, D]."""
+        heads, dim = self.config.num_key_value_heads, self.config.head_dim
+        k, v = (c.view(-1, self.block_size, dim).index_select(0, rows).view(heads, -1, dim)
+                for c in (self.k_cache[layer], self.v_cache[layer]))
+        return k, v
+
+    def gather(self, layer: int, blocks: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """Parent layout [*blocks.shape, block_size, kv_heads, head_dim]."""
+        return (self.k_cache[layer][:, blocks].movedim(0, -2).to(dtype),
+                self.v_cache[layer][:, blocks].movedim(0, -2).to(dtype))
