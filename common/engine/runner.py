@@ -65,6 +65,7 @@ class PagedBatchAttention:
         self.store = store
         self.head_major = isinstance(store, HeadMajorKVStore)
         self.meta: BatchMetadata | None = None
+        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def advance(self, num_tokens: int) -> None:
         pass
@@ -73,7 +74,14 @@ class PagedBatchAttention:
                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """K/V of `blocks` ([n] or [B, n]) as [kv_heads, (B,) n * block_size, head_dim]."""
         if self.head_major:
-            k, v = self.store.gather_head_major(layer, rows)
+            out = None
+            if blocks.dim() == 2:   # decodes: the same gather size in every layer of the step
+                shape = (rows.numel(), self.store.block_size, self.store.config.head_dim)
+                if self._buffers is None or self._buffers[0].shape != shape:
+                    self._buffers = tuple(torch.empty(shape, dtype=self.store.k_cache[0].dtype,
+                                                      device=rows.device) for _ in range(2))
+                out = self._buffers
+            k, v = self.store.gather_head_major(layer, rows, out)
             return k.view(k.shape[0], *blocks.shape[:-1], -1, k.shape[-1]), \
                 v.view(v.shape[0], *blocks.shape[:-1], -1, v.shape[-1])
         k, v = self.store.gather(layer, blocks, dtype)          # [..., n, block_size, Hkv, D]

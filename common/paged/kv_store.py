@@ -116,12 +116,17 @@ class HeadMajorKVStore(PagedKVStore):
         for cache, x in ((self.k_cache[layer], k), (self.v_cache[layer], v)):
             cache.view(-1, dim).index_copy_(0, rows, x.reshape(-1, dim).to(cache.dtype))
 
-    def gather_head_major(self, layer: int, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V pages at precomputed `head_rows(blocks, num_blocks)`, as [kv_heads, rows/heads * block_size, D]."""
+    def gather_head_major(self, layer: int, rows: torch.Tensor,
+                          out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V pages at precomputed `head_rows(blocks, num_blocks)`, as [kv_heads, rows/heads * block_size, D].
+        `out`: two reusable [rows, block_size, D] buffers (every layer of a step gathers the same
+        amount; reusing them spares a fresh multi-MB allocation per layer)."""
         heads, dim = self.config.num_key_value_heads, self.config.head_dim
-        k, v = (c.view(-1, self.block_size, dim).index_select(0, rows).view(heads, -1, dim)
-                for c in (self.k_cache[layer], self.v_cache[layer]))
-        return k, v
+        caches = (self.k_cache[layer], self.v_cache[layer])
+        if out is None:
+            return tuple(c.view(-1, self.block_size, dim).index_select(0, rows).view(heads, -1, dim) for c in caches)
+        return tuple(torch.index_select(c.view(-1, self.block_size, dim), 0, rows, out=o).view(heads, -1, dim)
+                     for c, o in zip(caches, out))
 
     def gather(self, layer: int, blocks: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Parent layout [*blocks.shape, block_size, kv_heads, head_dim]."""
