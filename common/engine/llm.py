@@ -153,6 +153,17 @@ class LLM:
         except KeyError:
             raise ValueError(f"unknown or already returned request {request_id!r}") from None
 
+    def abort(self, request_id: str) -> bool:
+        """Cancel a request (e.g. its client disconnected): its unfinished sequences leave the
+        waiting/running queues and free their KV blocks. Returns False for an unknown request."""
+        entry = self._requests.pop(request_id, None)
+        if entry is None:
+            return False
+        for seq in entry[2]:
+            if seq.status is not Status.FINISHED:
+                self.scheduler.abort(seq)
+        return True
+
     # ---- the loop ---------------------------------------------------------------------------
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()

@@ -187,3 +187,14 @@ class Scheduler:
         seq.status = Status.FINISHED
         self.running.remove(seq)
         self.bm.free(seq.seq_id)
+
+    def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running sequence (client gone) and free its KV blocks."""
+        if seq in self.waiting:
+            self.waiting.remove(seq)
+        elif seq in self.running:
+            self.running.remove(seq)
+        if self.bm.has_seq(seq.seq_id):
+            self.bm.free(seq.seq_id)
+        seq.status = Status.FINISHED
+        seq.finish_reason = seq.finish_reason or "abort"

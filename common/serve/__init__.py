@@ -1,0 +1,8 @@
+"""Chapter 10: an OpenAI-compatible HTTP server on our engine (`python -m common.serve`).
+
+- `async_engine.AsyncEngine`: the LLM's step loop in one thread, asyncio streams per request.
+- `validation.validate_request`: raw body → (request, prompt ids, SamplingParams) or APIError (400/429).
+- `sse`: `sse_event`, `IncrementalDetokenizer`, `stream_sse` (token events → SSE chunks).
+- `responses`, `protocol`: OpenAI's response / request shapes; `metrics`: vLLM-named Prometheus metrics.
+- `app.create_app`: the FastAPI routes; `launch.ServerProcess`: the server in a child process.
+"""

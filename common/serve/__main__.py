@@ -1,0 +1,70 @@
+"""`python -m common.serve --model smollm2-135m --port 8000`: our engine behind an OpenAI-compatible
+HTTP API (FastAPI + uvicorn). See common/serve/__init__.py for the pieces."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from ..engine.llm import DEFAULT_KV_CACHE_MEMORY
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m common.serve", description=__doc__)
+    p.add_argument("--model", default="smollm2-135m", help="common.models name (smollm2-135m, tiny)")
+    p.add_argument("--served-model-name", default=None, help="the `model` clients send (default: --model)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
+    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--kv-cache-memory", type=int, default=DEFAULT_KV_CACHE_MEMORY, help="bytes of KV cache")
+    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--max-queue", type=int, default=512,
+                   help="requests in flight (waiting + running) beyond which new ones get 429")
+    p.add_argument("--shutdown-timeout", type=float, default=10.0,
+                   help="seconds SIGTERM/SIGINT waits for open requests before cancelling them")
+    p.add_argument("--log-level", default="warning")
+    args = p.parse_args(argv)
+    if args.max_queue < 1:
+        p.error("--max-queue must be >= 1")
+    return args
+
+
+def build(args: argparse.Namespace):
+    """The LLM (warmed up), its AsyncEngine with metrics, and the app."""
+    from ..engine import LLM, SamplingParams
+    from ..paged.block_manager import PrefixCacheStats
+    from .app import create_app
+    from .async_engine import AsyncEngine
+    from .metrics import EngineMetrics
+
+    llm = LLM(args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
+              kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs,
+              max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.enable_prefix_caching,
+              max_model_len=args.max_model_len)
+    # one tiny request so the first client does not pay for lazy initialisation; then clean counters
+    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)
+    llm.stats.clear()
+    llm.block_manager.stats = PrefixCacheStats()
+    name = args.served_model_name or args.model
+    engine = AsyncEngine(llm, EngineMetrics(name))
+    return create_app(engine, name, max_queue=args.max_queue)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import uvicorn
+
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = build(args)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

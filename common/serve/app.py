@@ -1,0 +1,182 @@
+"""The FastAPI app: OpenAI-compatible routes over an `AsyncEngine`.
+
+Routes: POST /v1/completions, POST /v1/chat/completions (both with stream=true as SSE),
+GET /v1/models, GET /health, GET /metrics. Handlers read the raw body and validate it themselves
+(common.serve.validation) so every client error is OpenAI's error JSON with status 400 (FastAPI's
+own validation would answer 422 in its own shape); a full queue answers 429 with Retry-After.
+
+The two pieces lab 10 asks readers to write (request validation; the SSE stream with incremental
+detokenization) are looked up in an `Impl`, by default this package's functions. The lab's tests
+start the server with COMMON_SERVE_IMPL=<file.py> to serve the reader's versions instead.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import sse, validation
+from .async_engine import AsyncEngine, EngineDead
+from .responses import ResponseFactory
+from .validation import APIError, Limits, error_body
+
+log = logging.getLogger("common.serve")
+IMPL_ENV = "COMMON_SERVE_IMPL"
+RETRY_AFTER_S = 1
+
+
+@dataclass
+class Impl:
+    """The swappable pieces (lab 10): validate_request, IncrementalDetokenizer, stream_sse."""
+
+    validate_request: Callable = validation.validate_request
+    IncrementalDetokenizer: type = sse.IncrementalDetokenizer
+    stream_sse: Callable = sse.stream_sse
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "Impl":
+        """Take the three names from a Python file (e.g. labs/lab10/exercises.py)."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"{IMPL_ENV}={path} is not a file")
+        spec = importlib.util.spec_from_file_location(f"serve_impl_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return cls(module.validate_request, module.IncrementalDetokenizer, module.stream_sse)
+
+    @classmethod
+    def from_env(cls) -> "Impl":
+        path = os.environ.get(IMPL_ENV)
+        return cls.from_file(path) if path else cls()
+
+
+def make_limits(llm: Any, model_name: str) -> Limits:
+    tok = llm.tokenizer
+
+    def chat_ids(messages: list[dict]) -> list[int]:
+        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tok.encode(text, add_special_tokens=False)
+
+    return Limits(model_name, llm.max_model_len, llm.config.vocab_size, tok.encode, chat_ids)
+
+
+def _error(exc: APIError) -> JSONResponse:
+    return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
+
+
+def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl: Impl | None = None) -> FastAPI:
+    """The app; the engine thread starts with the app's lifespan and stops (cancelling what is
+    left) after uvicorn drained the open connections on SIGTERM/SIGINT."""
+    impl = impl or Impl.from_env()
+    llm = engine.llm
+    if llm.tokenizer is None:
+        raise ValueError("the server needs an LLM with a tokenizer")
+    limits = make_limits(llm, model_name)
+
+    async def lifespan(app: FastAPI):
+        engine.start()
+        yield
+        await engine.stop()
+
+    app = FastAPI(title="common.serve (OpenAI-compatible)", lifespan=lifespan)
+
+    @app.exception_handler(APIError)
+    async def api_error(_: Request, exc: APIError) -> JSONResponse:
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def schema_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return _error(APIError(f"invalid request: {exc.errors()[:1]}"))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def server_error(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
+
+    async def handle(request: Request, kind: str) -> Response:
+        req, ids, params = impl.validate_request(await request.body(), kind, limits)
+        if engine.num_inflight >= max_queue:
+            raise APIError(f"the server has {engine.num_inflight} requests in flight (max {max_queue}); retry later",
+                           status=429, type="rate_limit_exceeded", code="rate_limit_exceeded",
+                           headers={"Retry-After": str(RETRY_AFTER_S)})
+        try:
+            stream = await engine.submit(ids, params)
+        except ValueError as e:                         # refused by LLM.add_request (e.g. KV pool too small)
+            raise APIError(str(e)) from None
+        except EngineDead as e:
+            raise APIError(str(e), status=503, type="server_error", headers={"Retry-After": "5"}) from None
+        factory = ResponseFactory(kind, model_name)
+        if req.stream:
+            return StreamingResponse(_stream_body(stream, ids, params, req, factory), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return JSONResponse(await _collect(stream, ids, params, factory))
+
+    async def _stream_body(stream, ids, params, req, factory: ResponseFactory):
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        detoks = [impl.IncrementalDetokenizer(llm.tokenizer, params.skip_special_tokens, params.stop_list)
+                  for _ in range(params.n)]
+        async with stream:                              # leaving early (client gone) aborts the request
+            try:
+                async for chunk in impl.stream_sse(stream, detoks, factory.chunk_maker(params.n, include_usage),
+                                                   factory.usage_chunk(len(ids)) if include_usage else None):
+                    yield chunk
+            except EngineDead as e:
+                yield sse.sse_event(error_body(str(e), "server_error"))
+                yield sse.SSE_DONE
+
+    async def _collect(stream, ids, params, factory: ResponseFactory) -> dict:
+        out: list[list[int]] = [[] for _ in range(params.n)]
+        reasons: list[tuple[str | None, Any]] = [(None, None)] * params.n
+        async with stream:
+            try:
+                async for batch in stream:
+                    for ev in batch:
+                        out[ev.index] += ev.token_ids
+                        if ev.finish_reason is not None:
+                            reasons[ev.index] = (ev.finish_reason, ev.stop_reason)
+            except EngineDead as e:
+                raise APIError(str(e), status=503, type="server_error") from None
+        choices = [(sse.final_text(llm.tokenizer, out[i], params.skip_special_tokens, reasons[i][1]), reasons[i][0])
+                   for i in range(params.n)]
+        return factory.full(choices, len(ids), sum(len(o) for o in out))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Response:
+        return await handle(request, "completion")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Response:
+        return await handle(request, "chat")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "common",
+                                            "max_model_len": llm.max_model_len}]}
+
+    @app.get("/health")
+    async def health() -> Response:
+        if engine.alive:
+            return Response(status_code=200)
+        return JSONResponse(error_body("the engine is not running", "server_error"), status_code=503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        if engine.metrics is None:
+            return Response("", media_type="text/plain")
+        return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app
