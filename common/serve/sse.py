@@ -42,7 +42,8 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True, stop: Iterable[str] = ()):
         self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
-        self.holdback = max((len(s) for s in stop), default=1) - 1
+        self.stop = [s for s in stop if s]
+        self.holdback = max((len(s) for s in self.stop), default=1) - 1
         self.token_ids: list[int] = []
         self.text = ""                     # what was handed out so far
 
@@ -53,6 +54,10 @@ class IncrementalDetokenizer:
         while end > 0 and full[end - 1] == REPLACEMENT:       # an unfinished multi-byte character
             end -= 1
         end -= self.holdback
+        for stop in self.stop:                                 # the stop string itself is never sent
+            found = full.find(stop)
+            if found >= 0:
+                end = min(end, found)
         if end <= len(self.text) or not full.startswith(self.text):
             return ""
         delta = full[len(self.text):end]

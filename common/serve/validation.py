@@ -69,7 +69,8 @@ def parse_body(raw: bytes | str | Any, kind: RequestKind) -> CompletionRequest |
         return MODELS[kind].model_validate(raw)
     except ValidationError as e:
         first = e.errors()[0]
-        raise APIError(f"{_loc(first)}: {first['msg']}", param=_loc(first)) from None
+        param = str(first["loc"][0]) if first.get("loc") else None     # the top-level field, as OpenAI names it
+        raise APIError(f"{_loc(first)}: {first['msg']}", param=param) from None
 
 
 def prompt_ids(req: CompletionRequest | ChatCompletionRequest, limits: Limits) -> list[int]:
