@@ -17,10 +17,11 @@ import torch
 from tqdm.auto import tqdm
 
 from ..device import parse_dtype, pick_device
-from ..llama import Llama
 from ..fused import fuse_for_serving
+from ..llama import Llama
 from ..paged import BlockManager, HeadMajorKVStore, PagedKVStore
 from ..quant.kv_int8_paged import Int8PagedKVStore
+from .overlap import OverlapLoop
 from .runner import ModelRunner
 from .sampler import SamplingBatch, sample
 from .sampling_params import SamplingParams
@@ -39,14 +40,17 @@ class LLM:
                  max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
                  enable_chunked_prefill: bool = True, scheduling_policy: str = "fcfs",
                  max_model_len: int | None = None, tokenizer: Any = None, aging: float = 0.0,
-                 kv_cache_dtype: str = "auto") -> None:
+                 kv_cache_dtype: str = "auto", async_scheduling: bool = False) -> None:
         """kv_cache_dtype (vLLM's name): "auto" stores K/V in the model dtype; "int8" stores int8 codes
         with one fp16 scale per (token, kv head) (common.quant.kv_int8_paged), ~half of bf16's bytes,
-        so the same kv_cache_memory holds ~2x the blocks."""
+        so the same kv_cache_memory holds ~2x the blocks.
+        async_scheduling (vLLM's name): `generate` schedules step t+1 while the model runs step t
+        (common.engine.overlap); outputs are the same, `step()` itself stays serial."""
         check_policy(scheduling_policy)
         if kv_cache_dtype not in KV_CACHE_DTYPES:
             raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
         self.kv_cache_dtype = kv_cache_dtype
+        self.async_scheduling = async_scheduling
         if isinstance(model, Llama):
             self.model, self.model_name = model, None
         else:
@@ -272,12 +276,18 @@ class LLM:
         ids = [self.add_request(p, sp, pr, arrival=now) for p, sp, pr in zip(prompts, params, prios)]
         bar = tqdm(total=len(ids), desc="requests", disable=not use_tqdm)
         done: set[str] = set()
+
+        def on_finished(seq: Sequence) -> None:
+            if seq.request_id not in done and all(s.status is Status.FINISHED
+                                                  for s in self._requests[seq.request_id][2]):
+                done.add(seq.request_id)
+                bar.update(1)
+
+        if self.async_scheduling:
+            OverlapLoop(self).run(on_finished)
         while self.has_unfinished_requests():
             for seq in self.step():
-                if seq.request_id not in done and all(s.status is Status.FINISHED
-                                                      for s in self._requests[seq.request_id][2]):
-                    done.add(seq.request_id)
-                    bar.update(1)
+                on_finished(seq)
         bar.close()
         return [self._finalize(i) for i in ids]
 
