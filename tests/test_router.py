@@ -111,3 +111,21 @@ def test_router_proxies_streams_and_routes(tmp_path, policy):
         assert hits < (24 + 32) * 3  # turns alternate replicas: some find nothing
     else:
         assert hits == (24 + 32) * 3
+
+
+def test_prefix_routing_in_front_of_two_tiny_replicas_of_our_server(tmp_path):
+    """Real engines: every later turn must find its prefix on the replica the router picked."""
+    from common.router.experiment import RouterServer, multi_turn_trace, run_trace_through
+    from common.serve.launch import ServerProcess
+
+    trace = multi_turn_trace(3, 3, seed=1, system_words=60, user_words=10, reply_words=5, gap_s=0.6,
+                             stagger_s=0.1, output_len=4)
+    with ServerProcess("tiny", dtype="float32", block_size=16) as a, ServerProcess("tiny", dtype="float32",
+                                                                                     block_size=16) as b:
+        with RouterServer([a.base_url, b.base_url], "prefix", log_dir=tmp_path) as router:
+            result = run_trace_through(router.base_url, "tiny", trace, [a.base_url, b.base_url])
+            stats = json.loads(urllib.request.urlopen(router.base_url + "/router/stats").read())
+    assert result["completed"] == 9 and result["failed"] == 0
+    assert sum(stats["routed"]) == 9 and min(stats["routed"]) >= 3  # both replicas used
+    assert stats["decisions"]["cache"] == 6  # turns 2 and 3 of each conversation followed their prefix
+    assert result["hit_rate"] > 0.4 and min(result["hits_per_replica"]) > 0
