@@ -10,6 +10,7 @@ The log goes to a file (`srv.log_path`, `srv.log_tail()`); exit sends SIGTERM to
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,9 @@ class ServerProcess(ManagedServer):
         self.model_name = options.get("served_model_name") or model
         args = [sys.executable, "-m", "common.serve", "--model", model, "--host", "127.0.0.1",
                 "--port", str(self.port), *flags(options)]
-        env = dict(env or {}, TOKENIZERS_PARALLELISM="false")
+        root = str(Path(__file__).resolve().parents[2])          # `-m common.serve` from any working directory
+        path = os.environ.get("PYTHONPATH")
+        env = dict(env or {}, TOKENIZERS_PARALLELISM="false", PYTHONPATH=root + (os.pathsep + path if path else ""))
         if impl is not None:
             env[IMPL_ENV] = str(Path(impl).resolve())
         super().__init__(args, f"http://127.0.0.1:{self.port}", "/health", env=env, log_path=log_path,
