@@ -57,3 +57,13 @@ def test_overlap_with_prefix_cache_stops_and_n(tiny, rng):
     assert overlapped[1].outputs[0].finish_reason == "stop" and len(overlapped[1].outputs[0].token_ids) <= 5
     assert [o.num_cached_tokens for o in overlapped] == [o.num_cached_tokens for o in serial]
     assert llm.block_manager.num_free_blocks == llm.num_blocks
+
+
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_prompt_that_finishes_in_its_prefill_step_is_still_cached(tiny, rng, async_scheduling):
+    """max_tokens=1 finishes in the prefill step; its full blocks must still enter the prefix cache (vLLM does)."""
+    prompt = _prompts(rng, [33])[0]
+    llm = LLM(tiny, num_blocks=64, block_size=8, async_scheduling=async_scheduling)
+    llm.generate([prompt], SamplingParams(max_tokens=1, **GREEDY), use_tqdm=False)
+    again = llm.generate([prompt + [7]], SamplingParams(max_tokens=1, **GREEDY), use_tqdm=False)
+    assert again[0].num_cached_tokens == 32

@@ -25,7 +25,7 @@ from .overlap import OverlapLoop
 from .runner import ModelRunner
 from .sampler import SamplingBatch, sample
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler, check_policy
+from .scheduler import Scheduler, SchedulerOutput, check_policy
 from .sequence import RequestOutput, Sequence, Status, completion_of
 from .stats import StepStats
 
@@ -191,6 +191,7 @@ class LLM:
         t3 = time.perf_counter()
         for seq, n in out.scheduled:
             seq.num_computed += n
+        self._mark_computed(out)   # before any finish frees blocks: a finished prompt stays cached (as in vLLM)
         tokens = sample(logits, self._sampling_batch(meta.sample_seqs)).tolist() if meta.sample_seqs else []
         now = time.perf_counter()
         finished = []
@@ -201,10 +202,6 @@ class LLM:
                 seq.finished_time = now
                 self.scheduler.finish(seq)
                 finished.append(seq)
-        if self.block_manager.enable_prefix_caching:
-            for seq, _ in out.scheduled:
-                if seq.status is Status.RUNNING:
-                    self.block_manager.mark_computed(seq.seq_id, seq.tokens, seq.num_computed)
         t4 = time.perf_counter()
         prefill = out.scheduled[out.num_decode:]
         self.stats.append(StepStats(len(self.stats), start, out.num_decode, len(prefill), sum(n for _, n in prefill),
@@ -212,6 +209,13 @@ class LLM:
                                     self.block_manager.usage, len(out.preempted), len(tokens), out.schedule_s,
                                     t2 - t1, t3 - t2, t4 - t3, tuple(s.seq_id for s, _ in out.scheduled)))
         return finished
+
+    def _mark_computed(self, out: SchedulerOutput) -> None:
+        """Register the step's now-complete blocks in the prefix cache (no-op without prefix caching)."""
+        if self.block_manager.enable_prefix_caching:
+            for seq, _ in out.scheduled:
+                if seq.status is Status.RUNNING:
+                    self.block_manager.mark_computed(seq.seq_id, seq.tokens, seq.num_computed)
 
     def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
         dev = self.device

@@ -80,10 +80,7 @@ class OverlapLoop:
         future = self.pool.submit(self._model_step, meta, batch)
         for seq, n in out.scheduled:
             seq.num_computed += n
-        if llm.block_manager.enable_prefix_caching:
-            for seq, _ in out.scheduled:
-                if seq.status is Status.RUNNING:
-                    llm.block_manager.mark_computed(seq.seq_id, seq.tokens, seq.num_computed)
+        llm._mark_computed(out)
         pending = [s for s in meta.sample_seqs if s.status is Status.RUNNING]
         for seq in pending:
             seq.output_ids.append(PLACEHOLDER)
