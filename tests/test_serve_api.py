@@ -141,17 +141,27 @@ def test_unknown_route_is_openai_404(srv):
 def test_queue_full_429_then_disconnects_free_everything(srv):
     body = {"model": srv.model_name, "prompt": "go", "max_tokens": 1500, "ignore_eos": True, "stream": True}
 
+    async def open_stream(http, streams):
+        cm = http.stream("POST", "/v1/completions", json=body)
+        resp = await cm.__aenter__()
+        assert resp.status_code == 200
+        lines = resp.aiter_lines()     # keep it referenced: a collected iterator closes the connection
+        while not (await lines.__anext__()).startswith("data:"):
+            pass
+        streams.append((cm, lines))
+
     async def main():
         async with httpx.AsyncClient(base_url=srv.base_url, timeout=60) as http:
             streams = []
-            for _ in range(MAX_QUEUE):
-                cm = http.stream("POST", "/v1/completions", json=body)
-                resp = await cm.__aenter__()
-                assert resp.status_code == 200
-                lines = resp.aiter_lines()     # keep it referenced: a collected iterator closes the connection
-                while not (await lines.__anext__()).startswith("data:"):
-                    pass
-                streams.append((cm, lines))
+            for _ in range(MAX_QUEUE - 1):
+                await open_stream(http, streams)
+            with pytest.raises(httpx.ReadTimeout):   # a non-streamed client that gives up is aborted too
+                await http.post("/v1/completions", json={**body, "stream": False}, timeout=1.0)
+            for _ in range(100):                     # the server notices the hang-up and aborts
+                if scrape(srv.base_url, ("num_requests_running",))["num_requests_running"] == MAX_QUEUE - 1:
+                    break
+                await asyncio.sleep(0.1)
+            await open_stream(http, streams)         # fits again: the timed-out request left the queue
             over = await http.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2})
             busy = scrape(srv.base_url, ("num_requests_running", "kv_cache_usage_perc"))
             for cm, _ in streams:            # the clients go away mid-stream
@@ -164,7 +174,8 @@ def test_queue_full_429_then_disconnects_free_everything(srv):
     assert busy["num_requests_running"] == MAX_QUEUE and busy["kv_cache_usage_perc"] > 0
     idle = _wait_idle(srv.base_url)
     assert idle["num_requests_running"] == 0 and idle["kv_cache_usage_perc"] == 0.0, idle
-    assert scrape(srv.base_url, ("request_success",))["request_success"] - before == MAX_QUEUE, "counted as aborts"
+    aborted = scrape(srv.base_url, ("request_success",))["request_success"] - before
+    assert aborted == MAX_QUEUE + 1, "every disconnect counted as an abort"
     r = httpx.post(srv.base_url + "/v1/completions", json={**body, "stream": False, "max_tokens": 2}, timeout=30)
     assert r.status_code == 200, "the server accepts work again"
 

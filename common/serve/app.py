@@ -11,6 +11,7 @@ start the server with COMMON_SERVE_IMPL=<file.py> to serve the reader's versions
 """
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
 import os
@@ -24,7 +25,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import sse, validation
-from .async_engine import AsyncEngine, EngineDead
+from .async_engine import AsyncEngine, ClientGone, EngineDead
 from .responses import ResponseFactory
 from .validation import APIError, Limits, error_body
 
@@ -123,7 +124,22 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
         if req.stream:
             return StreamingResponse(_stream_body(stream, ids, params, req, factory), media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        return JSONResponse(await _collect(stream, ids, params, factory))
+        watcher = asyncio.create_task(_abort_on_disconnect(request, stream))
+        try:
+            return JSONResponse(await _collect(stream, ids, params, factory))
+        except ClientGone:
+            return Response(status_code=499)          # nobody is listening any more (nginx's code)
+        finally:
+            watcher.cancel()
+
+    async def _abort_on_disconnect(request: Request, stream) -> None:
+        """A non-streamed request whose client hangs up is aborted too (its KV blocks freed).
+        The body was read, so the next ASGI message can only be the disconnect."""
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                stream.abort()
+                return
 
     async def _stream_body(stream, ids, params, req, factory: ResponseFactory):
         include_usage = bool(req.stream_options and req.stream_options.include_usage)

@@ -90,9 +90,11 @@ class RequestStream:
         return item
 
     def abort(self) -> None:
+        """Cancel the request; a consumer waiting for events gets ClientGone."""
         if not self.done:
             self.engine.abort(self.request_id)
             self.finished = set(range(self.n))
+            self.queue.put_nowait(ClientGone(self.request_id))
         self._release()
 
     async def __aenter__(self) -> "RequestStream":
@@ -100,6 +102,10 @@ class RequestStream:
 
     async def __aexit__(self, *exc) -> None:
         self.abort()
+
+
+class ClientGone(Exception):
+    """The request was aborted (its client disconnected) while someone waited for its events."""
 
 
 class EngineDead(RuntimeError):
