@@ -230,7 +230,14 @@ class AsyncEngine:
                     if self.metrics:
                         self.metrics.on_abort(sum(sent is not None for sent in live[2]))
 
+    @staticmethod
+    def _dispatch(batch: list[tuple[RequestStream, list[TokenEvent]]]) -> None:
+        """Runs on the event loop: one wake-up per step for all requests, not one per request."""
+        for stream, events in batch:
+            stream.queue.put_nowait(events)
+
     def _publish_tokens(self) -> None:
+        batch = []
         for rid, (stream, seqs, sent) in list(self._live.items()):
             events = []
             for i, seq in enumerate(seqs):
@@ -251,10 +258,12 @@ class AsyncEngine:
             if self.metrics:
                 self.metrics.on_tokens(sum(len(e.token_ids) for e in events))
             if events:
-                self._loop.call_soon_threadsafe(stream.queue.put_nowait, events)
+                batch.append((stream, events))
             if all(s is None for s in sent):
                 del self._live[rid]
                 self.llm.abort(rid)      # forgets the finished request's bookkeeping (nothing to free)
+        if batch:
+            self._loop.call_soon_threadsafe(self._dispatch, batch)
         if len(self.llm.stats) > MAX_KEPT_STATS:   # a server runs for days: keep the recent steps only
             del self.llm.stats[:-MAX_KEPT_STATS // 2]
 
