@@ -142,6 +142,10 @@ def _hf_continuous(workload: Workload, model: str, dtype: str) -> dict:
     elapsed = time.perf_counter() - t0
     ordered = [result[k] for k in sorted(result, key=lambda k: int(str(k).split("_")[-1]))]
     outputs = [list(r.generated_tokens)[:n] for r, n in zip(ordered, workload.output_lens)]
+    short = sum(len(o) < n for o, n in zip(outputs, workload.output_lens))
+    if short:   # failed requests come back empty: never count tokens that were not generated
+        raise RuntimeError(f"generate_batch returned {short} of {len(outputs)} requests without their tokens "
+                           "(transformers logged them as failed during generation)")
     # every request ran to the longest output length (one GenerationConfig for the batch)
     extra = sum(max(workload.output_lens) - n for n in workload.output_lens)
     return {"engine": "hf-cb", "mode": "generate_batch, every request to the longest output",
