@@ -181,9 +181,7 @@ class LLM:
             raise RuntimeError("the scheduler found nothing to run although requests are waiting "
                                f"({len(self.scheduler.waiting)} waiting, {self.block_manager.num_free_blocks} "
                                "free blocks)")
-        if self.scheduler.copies:
-            self.kv_store.copy_blocks(self.scheduler.copies)
-            self.scheduler.copies.clear()
+        self._apply_copies()
         t1 = time.perf_counter()
         meta = self.runner.prepare(out.scheduled, out.num_decode)
         t2 = time.perf_counter()
@@ -209,6 +207,12 @@ class LLM:
                                     self.block_manager.usage, len(out.preempted), len(tokens), out.schedule_s,
                                     t2 - t1, t3 - t2, t4 - t3, tuple(s.seq_id for s, _ in out.scheduled)))
         return finished
+
+    def _apply_copies(self) -> None:
+        """The scheduler's pending copy-on-write block copies, applied to the KV store."""
+        if self.scheduler.copies:
+            self.kv_store.copy_blocks(self.scheduler.copies)
+            self.scheduler.copies.clear()
 
     def _mark_computed(self, out: SchedulerOutput) -> None:
         """Register the step's now-complete blocks in the prefix cache (no-op without prefix caching)."""

@@ -71,9 +71,7 @@ class OverlapLoop:
     def _launch(self, out: SchedulerOutput, meta: BatchMetadata, prepare_s: float) -> InFlight:
         """Start the model on a prepared step, then do the step's bookkeeping that needs no tokens."""
         llm = self.llm
-        if llm.scheduler.copies:          # copy-on-write: after the previous step's forward, before this one
-            llm.kv_store.copy_blocks(llm.scheduler.copies)
-            llm.scheduler.copies.clear()
+        llm._apply_copies()               # copy-on-write: after the previous step's forward, before this one
         if (meta.input_ids == PLACEHOLDER).any():
             raise RuntimeError("a placeholder token reached the model: overlap bookkeeping is broken")
         batch = llm._sampling_batch(meta.sample_seqs) if meta.sample_seqs else None
@@ -85,14 +83,6 @@ class OverlapLoop:
         for seq in pending:
             seq.output_ids.append(PLACEHOLDER)
         return InFlight(out, meta, future, pending, time.perf_counter(), prepare_s)
-
-    def _finish(self, seq: Sequence, now: float) -> None:
-        seq.finished_time = now
-        if seq.status is Status.WAITING:        # preempted while its last token was being computed
-            self.llm.scheduler.waiting.remove(seq)
-            seq.status = Status.FINISHED
-        else:
-            self.llm.scheduler.finish(seq)
 
     def _commit(self, step: InFlight, following: tuple[SchedulerOutput, BatchMetadata, float] | None
                 ) -> list[Sequence]:
@@ -106,7 +96,8 @@ class OverlapLoop:
             seq.output_ids[-1] = token
             seq.token_times.append(now)
             if self.llm._check_stop(seq, token):
-                self._finish(seq, now)
+                seq.finished_time = now
+                self.llm.scheduler.finish(seq)
                 finished.append(seq)
         if following is not None:   # decode rows come first, one token each, in scheduled order
             out, meta, _ = following

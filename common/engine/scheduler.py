@@ -184,17 +184,17 @@ class Scheduler:
         return out
 
     def finish(self, seq: Sequence) -> None:
-        seq.status = Status.FINISHED
-        self.running.remove(seq)
-        self.bm.free(seq.seq_id)
-
-    def abort(self, seq: Sequence) -> None:
-        """Drop a waiting or running sequence (client gone) and free its KV blocks."""
-        if seq in self.waiting:
-            self.waiting.remove(seq)
-        elif seq in self.running:
+        """Retire a sequence, running or waiting (e.g. preempted while its last token was computed
+        under overlap scheduling), and free its KV blocks."""
+        if seq in self.running:
             self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)
         if self.bm.has_seq(seq.seq_id):
             self.bm.free(seq.seq_id)
         seq.status = Status.FINISHED
+
+    def abort(self, seq: Sequence) -> None:
+        """Drop a waiting or running sequence (client gone) and free its KV blocks."""
+        self.finish(seq)
         seq.finish_reason = seq.finish_reason or "abort"
