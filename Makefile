@@ -7,7 +7,7 @@ STAGE   := scripts/stage.sh
 NBVAL   := $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider
 NOTEBOOKS = $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
 
-.PHONY: setup demo test unit check-labs nbval doctor notebooks jupyter clean bench
+.PHONY: setup demo test unit check-labs nbval doctor notebooks notebook errata jupyter clean bench
 
 setup: $(STAMP)
 
@@ -40,11 +40,22 @@ lab-%: setup
 doctor: setup
 	@$(PY) -m common.doctor
 
+# Executing notebooks to commit them: one at a time, each only once the machine is quiet (1-minute load
+# below 1.0), figures written into figures/ (LLM_LABS_COMMIT_FIGURES), then ERRATA.md regenerated.
+EXECUTE = $(PY) -m common.runinfo wait --below 1.0 && LLM_LABS_COMMIT_FIGURES=1 $(PY) -m jupyter nbconvert \
+	  --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=llm-labs
+
 notebooks: setup
-	@for nb in $(NOTEBOOKS); do \
-	  $(STAGE) "execute $$nb" $(PY) -m jupyter nbconvert --to notebook --execute --inplace \
-	    --ExecutePreprocessor.timeout=1800 --ExecutePreprocessor.kernel_name=llm-labs "$$nb" || exit 1; \
-	done
+	@for nb in $(NOTEBOOKS); do $(STAGE) "execute $$nb" sh -c '$(EXECUTE) "$$0"' "$$nb" || exit 1; done
+	@$(PY) -m common.errata
+
+notebook: setup
+	@test -n "$(NB)" || { echo "usage: make notebook NB=chapters/chNN-topic/NN-name.ipynb"; exit 2; }
+	@$(STAGE) "execute $(NB)" sh -c '$(EXECUTE) "$$0"' "$(NB)"
+	@$(PY) -m common.errata
+
+errata: setup
+	@$(PY) -m common.errata
 
 jupyter: setup
 	@$(PY) -m jupyter lab --notebook-dir=.
