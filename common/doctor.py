@@ -68,7 +68,8 @@ def main() -> int:
     for name in MODELS:
         print(f"{'model ' + name:14s} {'cached' if is_cached(name) else 'not cached (make setup converts it)'}")
     print(f"{'import vllm':14s} {_imports('import vllm')}")
-    print(f"{'import sglang':14s} {_imports('from common.peers.sglang_radix import RadixCache')}")
+    radix = "from common.peers.sglang_radix import sglang_radix_module; sglang_radix_module().RadixCache"
+    print(f"{'import sglang':14s} {_imports(radix)} (its RadixCache; the full engine needs CUDA)")
     return 0
 
 
