@@ -1,9 +1,13 @@
 """`make demo`: the headline run on the real model.
 
 Part 1 — the from-scratch Llama and transformers answer the same chat prompts greedily:
-identical tokens, and each one's tokens/s on this machine.
+identical tokens, and each one's tokens/s on this machine. Both sides generate once untimed
+first, so that one-time costs (first touch of the weights, kernel and allocator warm-up) are not
+counted in the first prompt's speed.
 Part 2 (the headline) — our continuous-batching engine against vLLM and transformers on one
 offline workload: same model, dtype (bf16), prompts and machine, in one run (`common.bench`).
+The machine's load average is printed first and with the headline: above the core count, other
+work competes for the CPU and the speeds are not to be trusted.
 """
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch
 from .device import pick_device
 from .generate import greedy_generate
 from .models import chat_prompt_ids, load_hf_model, load_model, load_tokenizer
+from .bench.loadinfo import load_line, load_snapshot
 
 MODEL = "smollm2-135m"
 PROMPTS = [
@@ -23,11 +28,12 @@ PROMPTS = [
     "Explain in one sentence why LLM decoding is memory-bound.",
 ]
 MAX_NEW_TOKENS = 48
+WARMUP_TOKENS = 16
 
 
-def _hf_greedy(model, ids: list[int], eos: int) -> list[int]:
+def _hf_greedy(model, ids: list[int], eos: int, max_new_tokens: int = MAX_NEW_TOKENS) -> list[int]:
     with torch.inference_mode():
-        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=MAX_NEW_TOKENS,
+        out = model.generate(torch.tensor([ids], device=model.device), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=eos, pad_token_id=eos)
     return out[0, len(ids):].tolist()
 
@@ -37,6 +43,10 @@ def parity_demo(dtype: torch.dtype = torch.float32) -> bool:
     tokenizer = load_tokenizer(MODEL)
     eos = tokenizer.eos_token_id
     ours, ref = load_model(MODEL, dtype, device), load_hf_model(MODEL, dtype, device)
+    # untimed warm-up of both sides on the first prompt: first-call costs are not tokens/s
+    warm_ids = chat_prompt_ids(MODEL, PROMPTS[0])
+    greedy_generate(ours, warm_ids, WARMUP_TOKENS, eos)
+    _hf_greedy(ref, warm_ids, eos, WARMUP_TOKENS)
     rows, all_same = [], True
     for prompt in PROMPTS:
         ids = chat_prompt_ids(MODEL, prompt)
@@ -54,7 +64,8 @@ def parity_demo(dtype: torch.dtype = torch.float32) -> bool:
           f"greedy, {device} ==")
     for prompt, text, same, *_ in rows:
         print(f"\nQ: {prompt}\nA: {text.strip()}\n   identical tokens: {'yes' if same else 'NO'}")
-    print(f"\n{'prompt':44s} {'identical':>9s} {'common tok/s':>13s} {'HF tok/s':>9s}")
+    print(f"\n(both sides warmed up untimed first)\n{load_line(load_snapshot('end of the parity run'), '[demo]')}")
+    print(f"{'prompt':44s} {'identical':>9s} {'common tok/s':>13s} {'HF tok/s':>9s}")
     for prompt, _, same, ours_tps, hf_tps in rows:
         print(f"{prompt[:44]:44s} {str(same):>9s} {ours_tps:13.1f} {hf_tps:9.1f}")
     return all_same
@@ -65,6 +76,7 @@ def engine_demo() -> dict:
     from .paths import CACHE_DIR
 
     # A quarter of `make bench`'s workload, so that the demo takes minutes on a 2-core CPU.
+    # run_offline prints the machine's load first and again, at start and end, beside its table.
     print("\n== headline: continuous-batching engine vs vLLM vs transformers (bf16, 32 requests) ==")
     return run_offline(engines=("common", "hf", "vllm"), num_prompts=32, input_len="64:128", output_len="64:128",
                        dtype="bfloat16", check_fp32=False, json_path=CACHE_DIR / "demo_bench.json")
@@ -72,6 +84,7 @@ def engine_demo() -> dict:
 
 def main() -> int:
     start = time.perf_counter()
+    print(load_line(load_snapshot("start"), "[demo]"))
     ok = parity_demo()
     print(f"\n[demo] parity: {time.perf_counter() - start:.1f} s")
     result = engine_demo()

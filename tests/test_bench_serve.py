@@ -75,7 +75,8 @@ def test_against_a_streaming_server_counts_and_json(tmp_path):
                            vocab_size=100, seed=2, json_path=out, progress=False, print_results=False)
         assert srv.requests == 2 + 16  # two unmeasured warm-up requests, then 8 per rate
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
-    assert set(report) == {"server", "workload", "results"}
+    assert set(report) == {"server", "workload", "results", "load"}
+    assert {"load_1min", "load_5min", "cores", "too_busy"} <= set(report["load"]["start"])
     assert [r["request_rate"] for r in report["results"]] == [50.0, "inf"]
     assert report["workload"]["seeds"] == [2, 3]  # fresh prompts per rate: no prefix-cache carry-over
     for i, r in enumerate(report["results"]):
@@ -125,7 +126,9 @@ def test_cli(tmp_path, capsys):
     assert data["workload"]["slo_ttft_ms"] == 10000 and data["results"][0]["completed"] == 4
     rows = data["results"][0]["requests"]
     assert len(rows) == 4 and all(2 <= r["output_tokens"] <= 3 and r["e2e_ms"] >= r["ttft_ms"] for r in rows)
-    assert "TTFT50" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "TTFT50" in printed
+    assert f"[serve] machine load at end: {data['load']['end']['load_1min']:.2f} (1 min)" in printed
 
 
 def test_prom_scrape_reads_vllm_counters():

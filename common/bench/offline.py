@@ -1,6 +1,7 @@
 """`run_offline(...)`: the same random workload through our engine, transformers and vLLM;
-prints a table, writes JSON, draws figures/bench_offline.png. `python -m common.bench offline`
-is the command-line face of this function."""
+prints a table with the machine's load at the start and end of the run (and a WARNING when other
+work competed for the CPU), writes JSON ("machine" → "load"), draws figures/bench_offline.png.
+`python -m common.bench offline` is the command-line face of this function."""
 from __future__ import annotations
 
 import json
@@ -15,6 +16,7 @@ from ..hardware import measure_peaks
 from ..models import load_config, load_model
 from ..paths import FIGURES_DIR
 from .engines import guarded, run_common, run_hf, run_hf_continuous, run_vllm_peer
+from .loadinfo import load_block, load_line, load_snapshot
 from .metrics import identical_fraction, weights_bytes, workload_roofline
 from .workload import Workload, make_workload
 
@@ -94,6 +96,8 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
     if unknown:
         raise ValueError(f"unknown engines {unknown}; choose from {ENGINES}")
     parse_dtype(dtype)
+    load_start = load_snapshot("start")
+    print(load_line(load_start))
     config = load_config(model)
     work: Workload = make_workload(num_prompts, input_len, output_len, config.vocab_size, seed)
     peaks = measure_peaks()
@@ -110,6 +114,7 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
         r["wall_s"] = time.perf_counter() - t0
         print(f"[bench] {name}: {r['wall_s']:.0f} s" + (f" ERROR {r['error'][:200]}" if "error" in r else ""))
         results.append(r)
+    load_end = load_snapshot("end")
     by = {r["engine"]: r for r in results if "error" not in r}
     comparisons = {}
     if "common" in by:
@@ -122,12 +127,14 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
         comparisons["common_fraction_of_roofline"] = by["common"]["output_tokens_per_s"] / roof["output_tokens_per_s"]
     result = {"workload": {**work.describe(), "dtype": dtype, "model": model, "ignore_eos": True, "greedy": True},
               "machine": {"node": platform.node(), "device": peaks.device, "cpu": peaks.name, "threads": peaks.threads,
-                          "torch": torch.__version__, "peak_flops": peaks.flops, "bandwidth_bytes_per_s": peaks.bandwidth},
+                          "torch": torch.__version__, "peak_flops": peaks.flops, "bandwidth_bytes_per_s": peaks.bandwidth,
+                          "load": {"start": load_start, "end": load_end}},
               "roofline": roof, "weights_bytes": wbytes, "decode_floor_ms": wbytes / peaks.bandwidth * 1e3,
               "results": results, "comparisons": comparisons}
     if check_fp32 and "common" in engines:
         result["fp32_exactness"] = guarded("fp32", lambda: fp32_exactness(model))
     print_table(results)
+    print(load_block(load_start, load_end))
     print(f"roofline (bf16 matmuls only): {roof['output_tokens_per_s']:.0f} output tok/s; "
           f"batch-1 decode floor {result['decode_floor_ms']:.1f} ms/token")
     for k, v in comparisons.items():

@@ -6,7 +6,12 @@ e2e latency (common.bench.serve_client); per rate we report p50/p90/p99, request
 throughput and goodput (requests per second that met the TTFT/TPOT SLO). `python -m common.bench
 serve` is the command-line face of `run_serve`; the JSON layout is
 {"server": {...}, "workload": {...}, "results": [{"request_rate", "completed", "failed", "ttft_ms",
-"tpot_ms", "itl_ms", "e2e_ms", "output_tokens_per_s", "requests_per_s", "goodput_requests_per_s"}]}.
+"tpot_ms", "itl_ms", "e2e_ms", "output_tokens_per_s", "requests_per_s", "goodput_requests_per_s"}],
+"load": {"start": {...}, "end": {...}}} — the machine's load average before and after the run, printed
+beside the table with a WARNING when other work competed for the CPU (common.bench.loadinfo).
+
+The progress bar is `tqdm.auto` (a widget in Jupyter, a text bar in a terminal), created in the
+caller's thread; `progress=False` turns it off.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ from pathlib import Path
 
 import aiohttp
 
+from .loadinfo import load_block, load_snapshot
 from .metrics import percentile
 from .serve_client import RequestResult, completion_payload, stream_completion
 from .workload import make_workload
@@ -141,15 +147,22 @@ def summarize_run(results: list[RequestResult], duration_s: float, request_rate:
     }
 
 
-async def run_requests(base_url: str, model: str, requests: list[ServeRequest], max_concurrency: int | None = None,
-                       timeout_s: float = 600, progress: bool = True, desc: str = "") -> tuple[list[RequestResult], float]:
-    """Send each request at its arrival time (concurrently), return (results in order, wall seconds
-    from the first send to the last completion)."""
+def progress_bar(total: int, desc: str = "requests", progress: bool = True):
+    """A `tqdm.auto` bar (a widget in Jupyter); create it in the caller's thread, not in a worker."""
     from tqdm.auto import tqdm
 
+    return tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=2.0)
+
+
+async def run_requests(base_url: str, model: str, requests: list[ServeRequest], max_concurrency: int | None = None,
+                       timeout_s: float = 600, progress: bool = True, desc: str = "",
+                       bar=None) -> tuple[list[RequestResult], float]:
+    """Send each request at its arrival time (concurrently), return (results in order, wall seconds
+    from the first send to the last completion). `bar`: a progress bar to update (default: a new
+    `progress_bar`, unless `progress` is False)."""
     url = base_url.rstrip("/") + "/v1/completions"
     limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-    bar = tqdm(total=len(requests), desc=desc or "requests", disable=not progress, leave=False, mininterval=2.0)
+    bar = bar if bar is not None else progress_bar(len(requests), desc or "requests", progress)
     timeout = aiohttp.ClientTimeout(total=timeout_s)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -216,18 +229,19 @@ def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, nu
                                       "request_rates": [r if math.isfinite(r) else "inf" for r in rates]}
     workload |= {"slo_ttft_ms": slo_ttft_ms, "slo_tpot_ms": slo_tpot_ms, "max_concurrency": max_concurrency,
                  "warmup_requests": warmup}
+    load_start = load_snapshot("start")
     if warmup:  # first requests pay for lazy initialisation (compilation, allocations): not measured
         warm = [ServeRequest(0.0, [7 + i] * 16, 4) for i in range(warmup)]
         run_sync(run_requests(base_url, model, warm, progress=False))
     results = []
     for rate, reqs in plans:
-        done, wall = run_sync(run_requests(base_url, model, reqs, max_concurrency, progress=progress,
-                                              desc=f"rate {rate:g}"))
+        bar = progress_bar(len(reqs), f"rate {rate:g}", progress)  # here: run_sync may use a worker thread
+        done, wall = run_sync(run_requests(base_url, model, reqs, max_concurrency, bar=bar))
         results.append(summarize_run(done, wall, rate, slo_ttft_ms, slo_tpot_ms))
         if per_request:
             results[-1]["requests"] = request_rows(done)
     report = {"server": {"base_url": base_url, "model": model, **(server or {})}, "workload": workload,
-              "results": results}
+              "results": results, "load": {"start": load_start, "end": load_snapshot("end")}}
     if print_results:
         print_table(report)
     if json_path is not None:
@@ -254,3 +268,5 @@ def print_table(report: dict) -> None:
         print(" ".join(f"{c:>7s}" for c in cells))
         for err in r["errors"][:3]:
             print(f"    failed request {err['index']}: {err['error']}")
+    if "load" in report:
+        print(load_block(report["load"]["start"], report["load"]["end"], prefix="[serve]"))

@@ -1,9 +1,14 @@
 """A server in a child process: started in its own process group, log to a file, ready when its
 health URL answers 200, stopped as a group (servers such as vLLM spawn children that would
-otherwise outlive us and keep their memory)."""
+otherwise outlive us and keep their memory).
+
+Logs go to .cache/logs/ (`log_file(name)`). What a reader may see of a log (an error's tail) passes
+through `shorten_paths`: no absolute path of the machine it ran on, only repo- or package-relative ones.
+"""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -11,6 +16,49 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from ..paths import CACHE_DIR, REPO_ROOT, relative_to_repo
+
+LOG_DIR = CACHE_DIR / "logs"
+# an absolute path: "/" not inside a word, a relative path or a URL ("http://host/x" is left alone)
+_ABS_PATH = re.compile(r"(?<![\w.~/-])/(?!/)[^\s'\"`:,;()\[\]{}<>]+")
+_PACKAGES = re.compile(r".*/(?:site|dist)-packages/")
+_STDLIB = re.compile(r".*/lib/python3\.\d+/")
+
+
+def shorten_path(path: str) -> str:
+    """One absolute path as a reader should see it: a package file as 'vllm/engine/x.py', a file of the
+    repository relative to it, a standard-library file relative to the library, anything else by name."""
+    if _PACKAGES.match(path):
+        return _PACKAGES.sub("", path, count=1)
+    if _STDLIB.match(path):
+        return _STDLIB.sub("", path, count=1)
+    root = str(REPO_ROOT).rstrip("/") + "/"
+    if path.startswith(root) or path == root.rstrip("/"):
+        return relative_to_repo(path)
+    return Path(path).name or path
+
+
+def shorten_paths(text: str) -> str:
+    """`text` (a log, a traceback) with every absolute path shortened by `shorten_path`."""
+    return _ABS_PATH.sub(lambda m: shorten_path(m.group(0)), text)
+
+
+def log_file(name: str) -> Path:
+    """A fresh, unique log file .cache/logs/<name>-<time>-<random>.log (print it with relative_to_repo)."""
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "log"
+    fd, path = tempfile.mkstemp(prefix=f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log", dir=LOG_DIR)
+    os.close(fd)
+    return Path(path)
+
+
+def tail_lines(path: str | Path, n: int = 40) -> str:
+    """The last `n` lines of a log file, with machine paths shortened (`shorten_paths`)."""
+    path = Path(path)
+    if not path.exists():
+        return ""
+    return shorten_paths("\n".join(path.read_text(errors="replace").splitlines()[-n:]))
 
 
 def free_port() -> int:
@@ -36,7 +84,7 @@ class ManagedServer:
         self.args, self.base_url, self.health_path = list(args), base_url.rstrip("/"), health_path
         self.env = {**os.environ, **(env or {})}
         self.name = name
-        self.log_path = Path(log_path) if log_path else Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self.log_path = Path(log_path) if log_path else log_file(name)
         self.startup_timeout_s = startup_timeout_s
         self.proc: subprocess.Popen | None = None
         self.startup_s: float | None = None
@@ -60,14 +108,16 @@ class ManagedServer:
             if self.proc.poll() is not None:
                 code, tail = self.proc.returncode, self.log_tail()
                 self.stop()
-                raise RuntimeError(f"{self.name} exited with {code} during startup:\n{tail}")
+                raise RuntimeError(f"{self.name} exited with {code} during startup "
+                                   f"(full log: {relative_to_repo(self.log_path)}):\n{tail}")
             if http_ok(self.base_url + self.health_path):
                 self.startup_s = time.perf_counter() - t0
                 return
             time.sleep(0.5)
         tail = self.log_tail()
         self.stop()
-        raise TimeoutError(f"{self.name} not healthy after {self.startup_timeout_s:.0f} s:\n{tail}")
+        raise TimeoutError(f"{self.name} not healthy after {self.startup_timeout_s:.0f} s "
+                           f"(full log: {relative_to_repo(self.log_path)}):\n{tail}")
 
     def stop(self, grace_s: float = 30) -> None:
         """SIGTERM the process group, SIGKILL whatever is left after `grace_s`."""
@@ -89,6 +139,5 @@ class ManagedServer:
         self.proc = None
 
     def log_tail(self, n: int = 40) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        """The last `n` lines of the log, machine paths shortened (safe to print in a notebook)."""
+        return tail_lines(self.log_path, n)

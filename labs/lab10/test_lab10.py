@@ -41,8 +41,8 @@ def test_sse_event_framing(impl):
 
 
 @pytest.mark.parametrize("stop", [(), ("ing",), (" the", "\n")])
-def test_detokenizer_deltas_join_to_the_final_text(impl, tok, stop):
-    rng = random.Random()
+def test_detokenizer_deltas_join_to_the_final_text(impl, tok, stop, rng_seed):
+    rng = random.Random(rng_seed)  # printed when the test fails (labs/conftest.py)
     multibyte = tok.encode("你好，世界！ ünïcødé 🙂🚀")   # characters split over byte-level tokens
     ids = [rng.choice(multibyte) if rng.random() < 0.5 else rng.randrange(49152) for _ in range(60)]
     # the engine stops at the first token whose text contains a stop string

@@ -1,5 +1,6 @@
 """Lab 5 tests: every function against torch's scaled_dot_product_attention or a brute-force
-oracle, on fresh random shapes and values each run."""
+oracle, on fresh random shapes and values each run (labs/conftest.py seeds `random` and torch per
+test and prints the seed when a test fails: rerun it with TEST_SEED=<seed>)."""
 from __future__ import annotations
 
 import random

@@ -1,6 +1,7 @@
 """Lab 6 tests: the block pool and table operations against hand-checked invariants, the hash chain
 and radix tree against brute-force oracles, paged attention against torch SDPA — fresh random
-inputs every run."""
+inputs every run (labs/conftest.py seeds `random` and torch per test and prints the seed when a
+test fails: rerun it with TEST_SEED=<seed>)."""
 from __future__ import annotations
 
 import random

@@ -19,8 +19,9 @@ def _seqs(rng: random.Random, n: int) -> list[Sequence]:
 
 
 @pytest.fixture
-def rnd():
-    return random.Random()
+def rnd(rng_seed):
+    """Random cases from this test's seed (labs/conftest.py prints it when the test fails)."""
+    return random.Random(rng_seed)
 
 
 def test_policy_key_orders(impl, rnd):
