@@ -1,6 +1,4 @@
 import os
-import random
-import secrets
 
 import pytest
 import torch
@@ -11,36 +9,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from common.models import load_hf_model, load_model
-
-# Random test inputs are fresh every run, but never unreproducible: each test draws one seed, seeds
-# Python's `random` and the `rng` fixture with it, and a failing test prints it in its report
-# ("rng seed" section). Rerun with that seed: TEST_SEED=<seed> pytest <test id>.
-SEED_ENV = "TEST_SEED"
-_SEED_ATTR = "_test_seed"
-
-
-@pytest.fixture(autouse=True)
-def rng_seed(request) -> int:
-    """This test's seed (TEST_SEED if set, else fresh); Python's global `random` is seeded with it."""
-    value = int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else secrets.randbelow(2**31 - 1)
-    state = random.getstate()
-    random.seed(value)
-    setattr(request.node, _SEED_ATTR, (value, random.getstate()))
-    yield value
-    random.setstate(state)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    seeded = getattr(item, _SEED_ATTR, None)
-    if not report.failed or seeded is None:
-        return
-    value, untouched = seeded
-    # name the seed when the test drew from it: the `rng` fixture, or Python's `random` moved on
-    if "rng" in item.fixturenames or random.getstate() != untouched or report.when != "call":
-        report.sections.append(("rng seed", f"rng seed: {value}  (reproduce: {SEED_ENV}={value} pytest '{item.nodeid}')"))
+from common.seeds import pytest_runtest_makereport, rng_seed  # noqa: F401  (seeded random inputs)
 
 
 @pytest.fixture(scope="session", params=["tiny", "smollm2-135m"])
