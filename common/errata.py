@@ -39,8 +39,10 @@ class Claim:
                 raise ValueError(f"claim field {name!r} is empty")
 
 
-def claim(where: str, book: str, found: str, status: str, why: str = "") -> Claim:
-    """Record one claim of the book in the notebook's output (and show it to the reader)."""
+def claim(where: str, book: str, found: str, status: str, why: str = "") -> None:
+    """Record one claim of the book in the notebook's output (and show it to the reader).
+
+    Returns None, so that a claim on a cell's last line shows nothing more than its own line."""
     row = Claim(where, book, found, status, why)
     line = f"{STATUS[status]} {where}: 书中「{book}」→ {found}" + (f"（{why}）" if why else "")
     try:
@@ -48,12 +50,11 @@ def claim(where: str, book: str, found: str, status: str, why: str = "") -> Clai
         from IPython.display import display
     except ImportError:  # plain Python: just print
         print(line)
-        return row
+        return
     if get_ipython() is None:
         print(line)
     else:
         display({"text/plain": line, CLAIM_MIME: asdict(row)}, raw=True)
-    return row
 
 
 def _chapter_of(notebook: Path) -> int:

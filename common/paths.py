@@ -31,8 +31,10 @@ def relative_to_repo(path: str | os.PathLike) -> str:
         return Path(path).name
 
 
-def show_figure(fig, chapter: str, name: str, dpi: int = 80) -> Path:
-    """Save `fig`, close it, and display the saved file, so the inline figure is byte-identical to the file."""
+def show_figure(fig, chapter: str, name: str, dpi: int = 80) -> None:
+    """Save `fig`, close it, and display the saved file, so the inline figure is byte-identical to the file.
+
+    Returns None: a returned path on a cell's last line would show the machine's absolute path."""
     import matplotlib.pyplot as plt
     from IPython.display import Image, display
 
@@ -40,4 +42,3 @@ def show_figure(fig, chapter: str, name: str, dpi: int = 80) -> Path:
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     display(Image(filename=str(path)))
-    return path
