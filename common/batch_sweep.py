@@ -67,3 +67,36 @@ def time_matmul(shape: MatmulShape, dtype: torch.dtype, device: torch.device | s
     x = torch.randn(shape.m, shape.k, device=device, dtype=dtype)
     w = torch.randn(shape.n, shape.k, device=device, dtype=dtype)
     return best_time(lambda: F.linear(x, w), repeats, device)
+
+
+def weight_stream(weights: list[torch.Tensor], min_bytes: int) -> list[torch.Tensor]:
+    """`weights` (one matmul's weight from every layer, say), plus copies of them in turn until the
+    list holds at least `min_bytes`: timed one after another, each is then read from memory, not cache.
+
+    One 1.8 MB weight timed on its own stays in the last-level cache between calls, so a decode
+    matmul timed alone "beats" the memory roofline; a real decode step streams every layer's weights.
+    """
+    if not weights:
+        raise ValueError("need at least one weight")
+    stream = list(weights)
+    total = sum(w.numel() * w.element_size() for w in stream)
+    i = 0
+    while total < min_bytes:
+        copy = weights[i % len(weights)].clone()
+        stream.append(copy)
+        total += copy.numel() * copy.element_size()
+        i += 1
+    return stream
+
+
+@torch.inference_mode()
+def time_weight_stream(stream: list[torch.Tensor], m: int, rounds: int = 5) -> float:
+    """Seconds of one pass of x[m, k] through every weight of `stream` in order (best of `rounds`
+    per weight, summed: common.hardware.best_total_time). FLOP/s = 2·m·Σ(numel) / seconds."""
+    if not stream or m < 1 or rounds < 1:
+        raise ValueError("need weights, m >= 1 and rounds >= 1")
+    device, dtype = stream[0].device, stream[0].dtype
+    inputs = {k: torch.randn(m, k, device=device, dtype=dtype) for k in {w.shape[1] for w in stream}}
+    pieces = _pieces(stream)
+    fns = [(lambda w=w, x=inputs[w.shape[1]]: F.linear(x, w)) for w in pieces]
+    return best_total_time(fns, rounds, device)

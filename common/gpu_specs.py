@@ -28,6 +28,7 @@ class GPUSpec:
     tdp_w: float              # board / module power
     price_usd: float          # ASSUMPTION: the book's street price, not a datasheet number
     source: str
+    fp32_tflops: float | None = None  # FP32 on the CUDA cores (no Tensor Cores), whole package
 
     @property
     def memory_bytes(self) -> float:
@@ -64,22 +65,23 @@ class GPUSpec:
 SPECS: dict[str, GPUSpec] = {s.name: s for s in [
     GPUSpec("A100", "Ampere", 2020, 1, 108, 80, 2.039, 312, None, None, 400, 12_000,
             "NVIDIA A100 Tensor Core GPU datasheet (SXM4 80GB): BF16 312 dense / 624 sparse TFLOPS, "
-            "HBM2e 2,039 GB/s, 400 W"),
+            "HBM2e 2,039 GB/s, FP32 19.5 TFLOPS, 400 W", fp32_tflops=19.5),
     GPUSpec("H100", "Hopper", 2022, 1, 132, 80, 3.35, 989, 1979, None, 700, 27_000,
             "NVIDIA H100 Tensor Core GPU datasheet (SXM5): BF16 1,979 / FP8 3,958 TFLOPS with sparsity "
-            "(halved here), HBM3 3.35 TB/s, up to 700 W"),
+            "(halved here), FP32 67 TFLOPS (FP64 34), HBM3 3.35 TB/s, up to 700 W", fp32_tflops=67),
     GPUSpec("H200", "Hopper", 2024, 1, 132, 141, 4.8, 989, 1979, None, 700, 37_000,
             "NVIDIA H200 Tensor Core GPU datasheet (SXM): same compute as H100 SXM, HBM3e 141 GB at 4.8 TB/s, "
-            "up to 700 W"),
+            "up to 700 W", fp32_tflops=67),
     GPUSpec("B200", "Blackwell", 2024, 1, 148, 180, 8.0, 2250, 4500, 9000, 1000, 45_000,
             "NVIDIA HGX B200 datasheet (per GPU): FP4 18 / FP8 9 / BF16 4.5 PFLOPS with sparsity (halved here), "
-            "180 GB HBM3e at 8 TB/s, 1,000 W"),
+            "180 GB HBM3e at 8 TB/s, FP32 75 TFLOPS, 1,000 W", fp32_tflops=75),
     GPUSpec("GH200", "Hopper", 2023, 1, 132, 96, 4.0, 989, 1979, None, 1000, 55_000,
             "NVIDIA GH200 Grace Hopper Superchip datasheet: H100 compute, 96 GB HBM3 at 4 TB/s "
-            "(144 GB HBM3e / 4.9 TB/s variant exists) + 480 GB LPDDR5X; module 450–1,000 W"),
+            "(144 GB HBM3e / 4.9 TB/s variant exists) + 480 GB LPDDR5X; module 450–1,000 W", fp32_tflops=67),
     GPUSpec("GB200", "Blackwell", 2024, 2, 296, 372, 16.0, 5000, 10000, 20000, 2700, 75_000,
             "NVIDIA GB200 NVL72 datasheet (per superchip, 1 Grace + 2 B200): FP4 40 / FP8 20 / BF16 10 "
-            "PFLOPS with sparsity (halved here), 372 GB HBM3e at 16 TB/s; ~2.7 kW per superchip"),
+            "PFLOPS with sparsity (halved here), FP32 2 x 80 TFLOPS, 372 GB HBM3e at 16 TB/s; ~2.7 kW per superchip",
+            fp32_tflops=160),
 ]}
 
 
@@ -89,3 +91,11 @@ def get_spec(name: str) -> GPUSpec:
         if key.lower() == name.lower():
             return spec
     raise ValueError(f"unknown GPU {name!r}; known: {', '.join(SPECS)}")
+
+
+# Links between CPU and GPU (§3.2.5). PCIe Gen5: 32 GT/s per lane, 128b/130b encoding, 16 lanes, per
+# direction. NVLink-C2C (Grace Hopper / Grace Blackwell): 900 GB/s total, i.e. 450 GB/s each way
+# (NVIDIA's own comparison: "7x the bandwidth of PCIe Gen5").
+PCIE_GEN5_X16_GBPS_PER_DIRECTION = 32e9 * 16 * 128 / 130 / 8 / GB   # ≈ 63.0 GB/s
+NVLINK_C2C_GBPS_TOTAL = 900.0                                       # both directions together
+NVLINK_C2C_GBPS_PER_DIRECTION = NVLINK_C2C_GBPS_TOTAL / 2

@@ -176,3 +176,31 @@ def single_thread_if_busy(device: torch.device | str = "cpu") -> str:
         torch.set_num_threads(1)
     return (f"device={torch.device(device).type}, torch threads={torch.get_num_threads()}, "
             f"load average {load:.1f} on {cores} cores" + (" -> busy machine: single-threaded" if busy else ""))
+
+
+def last_level_cache_bytes(device: str | torch.device | None = None) -> int:
+    """Size of the last cache in front of memory: the CPU's highest-level cache (sysfs), a GPU's L2.
+
+    Falls back to 32 MiB where the OS does not say. A stream of weights meant to be read from
+    memory, not from cache, must be several times larger than this.
+    """
+    device = pick_device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).L2_cache_size)
+    best_level, size = -1, 32 << 20
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in sorted(os.listdir(root)):
+            if not entry.startswith("index"):
+                continue
+            with open(f"{root}/{entry}/level") as fh:
+                level = int(fh.read())
+            with open(f"{root}/{entry}/size") as fh:
+                text = fh.read().strip().upper()
+            value = int(text.rstrip("KMG")) * {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+            if level > best_level:
+                best_level, size = level, value
+    except (OSError, ValueError):
+        pass
+    return size
+

@@ -6,14 +6,33 @@ allocated *during* the call, on top of what already existed (weights, caches mad
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import tempfile
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from .device import pick_device, synchronize
+
+
+@contextlib.contextmanager
+def _stderr_fd_to_devnull() -> Iterator[None]:
+    """Kineto (torch's C++ profiler) prints `USDT ... profiler_start/stop` to file descriptor 2 whatever
+    KINETO_LOG_LEVEL says. Point fd 2 at /dev/null only while the profiler starts and stops, so those two
+    lines never reach a notebook; errors raised by the profiled function itself are not hidden."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def peak_allocated(fn: Callable[[], Any], device: str | torch.device | None = None) -> tuple[int, Any]:
@@ -28,8 +47,14 @@ def peak_allocated(fn: Callable[[], Any], device: str | torch.device | None = No
         return torch.cuda.max_memory_allocated(device) - base, result
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
+    with _stderr_fd_to_devnull():
+        prof.start()
+    try:
         result = fn()
+    finally:
+        with _stderr_fd_to_devnull():
+            prof.stop()
     handle, path = tempfile.mkstemp(suffix=".json")
     os.close(handle)
     try:

@@ -58,3 +58,17 @@ def test_peak_allocated_counts_a_temporary():
     peak, result = peak_allocated(work, "cpu")
     assert result == 2.0 * (1 << 20)
     assert 8 << 20 <= peak < 16 << 20
+
+
+def test_peak_allocated_keeps_the_profiler_quiet_but_not_the_function(capfd):
+    """Kineto's `USDT ... profiler_start/stop` lines must not reach stderr; what fn() writes still must."""
+    import os
+
+    def work():
+        os.write(2, b"from fn\n")
+        return torch.ones(1 << 10).sum()
+
+    peak_allocated(work, "cpu")
+    err = capfd.readouterr().err
+    assert "profiler_start" not in err and "profiler_stop" not in err, err
+    assert "from fn" in err

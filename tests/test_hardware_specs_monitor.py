@@ -4,7 +4,8 @@ import time
 import pytest
 import torch
 
-from common.gpu_specs import SPECS, get_spec
+from common.gpu_specs import NVLINK_C2C_GBPS_PER_DIRECTION, PCIE_GEN5_X16_GBPS_PER_DIRECTION, SPECS, get_spec
+from common.roofline import is_memory_bound
 from common.monitor import Monitor
 
 
@@ -12,7 +13,14 @@ def test_spec_table_consistency():
     assert set(SPECS) == {"A100", "H100", "H200", "B200", "GH200", "GB200"}
     for spec in SPECS.values():
         assert spec.source and spec.price_usd > 0
-        assert spec.ridge_point() == pytest.approx(spec.bf16_tflops / spec.hbm_tbps)
+        ridge, peak, bw = spec.ridge_point(), spec.peak_flops("bf16"), spec.bandwidth
+        # the roofline flips from memory- to compute-bound exactly at the ridge point
+        assert is_memory_bound(0.99 * ridge, peak, bw) and not is_memory_bound(1.01 * ridge, peak, bw)
+        # Tensor Cores: 10-20x the FP32 CUDA cores at bf16 on every generation listed
+        assert 10 < spec.bf16_tflops / spec.fp32_tflops < 40
+    assert get_spec("H100").fp32_tflops == 67             # not the book's 34 (that is FP64)
+    assert 62 < PCIE_GEN5_X16_GBPS_PER_DIRECTION < 64
+    assert NVLINK_C2C_GBPS_PER_DIRECTION / PCIE_GEN5_X16_GBPS_PER_DIRECTION == pytest.approx(7.1, abs=0.1)  # not 14x
     assert get_spec("a100").bf16_tflops == 312            # dense, not "with sparsity"
     assert get_spec("H100").bf16_tflops == pytest.approx(989, rel=0.01)
     gb200 = get_spec("GB200")   # a superchip: two B200 dies, each clocked higher than in HGX B200
