@@ -127,8 +127,12 @@ def device_name(device: torch.device) -> str:
 
 
 def measure_peaks(device: str | torch.device | None = None, refresh: bool = False) -> DevicePeaks:
-    """Peaks of the current device, measured once and cached per machine and thread count."""
+    """Peaks of the current device, measured once and cached per machine and thread count.
+
+    A measurement taken while other work loads the CPU (1-minute load average above half the cores) is
+    returned but never cached: a busy-machine number would otherwise stand in for the machine's peak."""
     device = pick_device(device)
+    quiet = os.getloadavg()[0] < 0.5 * (os.cpu_count() or 1)
     key = f"{platform.node()}-{device.type}-{torch.get_num_threads()}t-v2"
     cache_file = CACHE_DIR / "peaks" / f"{key}.json"
     if cache_file.exists() and not refresh:
@@ -143,6 +147,8 @@ def measure_peaks(device: str | torch.device | None = None, refresh: bool = Fals
               "read": measure_memory_bandwidth(device=device, repeats=repeats, kind="read")}
     peaks = DevicePeaks(device=device.type, name=device_name(device), flops=flops,
                         bandwidth=max(detail.values()), threads=torch.get_num_threads(), bandwidth_detail=detail)
+    if device.type == "cpu" and not quiet:
+        return peaks
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache_file.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(asdict(peaks), indent=1))
