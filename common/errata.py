@@ -91,6 +91,8 @@ def render(rows: list[tuple[Path, int, Claim]]) -> str:
         "Each row is one claim of the book, the value we measured or computed, and a status: "
         "✅ reproduced, ❌ erratum (corrected value given), ⚠️ not measurable on this machine (reason given).",
         "",
+        "Notebook 一列的 cell N 是 notebook 中从 0 数起的单元格序号（markdown 与代码单元格都计入）。",
+        "",
         "| 状态 | 条数 |",
         "|---|---|",
         *(f"| {STATUS[s]} | {n} |" for s, n in counts.items()),

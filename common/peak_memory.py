@@ -19,7 +19,7 @@ from .device import pick_device, synchronize
 
 
 @contextlib.contextmanager
-def _stderr_fd_to_devnull() -> Iterator[None]:
+def quiet_native_stderr() -> Iterator[None]:
     """Kineto (torch's C++ profiler) prints `USDT ... profiler_start/stop` to file descriptor 2 whatever
     KINETO_LOG_LEVEL says. Point fd 2 at /dev/null only while the profiler starts and stops, so those two
     lines never reach a notebook; errors raised by the profiled function itself are not hidden."""
@@ -48,12 +48,12 @@ def peak_allocated(fn: Callable[[], Any], device: str | torch.device | None = No
     from torch.profiler import ProfilerActivity, profile
 
     prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _stderr_fd_to_devnull():
+    with quiet_native_stderr():
         prof.start()
     try:
         result = fn()
     finally:
-        with _stderr_fd_to_devnull():
+        with quiet_native_stderr():
             prof.stop()
     handle, path = tempfile.mkstemp(suffix=".json")
     os.close(handle)

@@ -200,6 +200,14 @@ def run_sync(coro):
         return pool.submit(asyncio.run, coro).result()
 
 
+def warm_up(base_url: str, model: str, requests: int = 2) -> None:
+    """Send `requests` short unmeasured requests: the first ones pay for lazy initialisation
+    (compilation, allocations), which no measurement should count."""
+    if requests:
+        warm = [ServeRequest(0.0, [7 + i] * 16, 4) for i in range(requests)]
+        run_sync(run_requests(base_url, model, warm, progress=False))
+
+
 def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, num_prompts: int = 32,
               input_len="64:128", output_len="32:64", vocab_size: int | None = None, seed: int = 0,
               trace: str | Path | None = None, slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None,
@@ -230,9 +238,7 @@ def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, nu
     workload |= {"slo_ttft_ms": slo_ttft_ms, "slo_tpot_ms": slo_tpot_ms, "max_concurrency": max_concurrency,
                  "warmup_requests": warmup}
     load_start = load_snapshot("start")
-    if warmup:  # first requests pay for lazy initialisation (compilation, allocations): not measured
-        warm = [ServeRequest(0.0, [7 + i] * 16, 4) for i in range(warmup)]
-        run_sync(run_requests(base_url, model, warm, progress=False))
+    warm_up(base_url, model, warmup)
     results = []
     for rate, reqs in plans:
         bar = progress_bar(len(reqs), f"rate {rate:g}", progress)  # here: run_sync may use a worker thread
