@@ -12,7 +12,12 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
-    """The requested device, or CUDA when present, else CPU."""
+    """The requested device, or CUDA when present, else CPU.
+
+    Apple MPS is never chosen by default, even when `torch.backends.mps.is_available()`: its kernels give
+    results that differ from the CPU's (the book's numbers are CPU and CUDA), so a Mac runs on the CPU unless
+    the caller asks for `pick_device("mps")` explicitly.
+    """
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

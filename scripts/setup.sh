@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # Create .venv and install everything the chapters, labs and tests need.
 # Idempotent: `make setup` only calls this when a requirements file changed.
+#
+# Behind a mirror: pip reads PIP_INDEX_URL / PIP_EXTRA_INDEX_URL (and PIP_TRUSTED_HOST, PIP_FIND_LINKS,
+# pip.conf) by itself, and every pip call below inherits them. So this script never passes --index-url,
+# --extra-index-url or -i: a flag would override the reader's mirror. Example:
+#   PIP_INDEX_URL=https://<your-mirror>/simple make setup
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 start=$(date +%s)
 
+# The pinned stack (vllm 0.32, sglang 0.5.23) needs Python 3.11 or newer: say so before pip fails deep in a resolve.
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -c "import sys; sys.exit(sys.version_info < (3, 11))"; then
+  echo "[setup] $("$PYTHON" -V 2>&1) is too old: use Python 3.11 (tested), e.g. PYTHON=python3.11 make setup" >&2
+  exit 1
+fi
+if [ -n "${PIP_INDEX_URL:-}${PIP_EXTRA_INDEX_URL:-}" ]; then
+  echo "[setup] pip index from the environment: ${PIP_INDEX_URL:-PyPI}${PIP_EXTRA_INDEX_URL:+ (+ extra: $PIP_EXTRA_INDEX_URL)}" \
+    | sed -E 's#://[^/@]*@#://***@#g'   # hide credentials embedded in a mirror URL
+fi
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip
 
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+gpu=0
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=1; fi
+
+if [ $gpu = 1 ]; then
   echo "[setup] NVIDIA GPU found: installing the CUDA stack (requirements-gpu.txt)"
   $PIP install -r requirements-gpu.txt
 else
@@ -21,6 +39,18 @@ else
 fi
 $PIP install --no-deps -r requirements-nodeps.txt
 $PIP install --no-deps -e .
+
+# SGLang's engine and server need CUDA and pins that contradict vllm's (see requirements-gpu.txt), so on a GPU
+# machine they get their own environment: run SGLang as a child process with $SGLANG_VENV/bin/python
+# (e.g. `.venv/sglang/bin/python -m sglang.launch_server ...`); the --no-deps copy in .venv is only for RadixCache.
+SGLANG_VENV=${SGLANG_VENV:-.venv/sglang}
+if [ $gpu = 1 ] && [ "${LLM_LABS_SGLANG:-1}" != 0 ]; then
+  echo "[setup] installing SGLang for CUDA into $SGLANG_VENV (requirements-sglang-gpu.txt; skip with LLM_LABS_SGLANG=0)"
+  [ -x "$SGLANG_VENV/bin/python" ] || .venv/bin/python -m venv "$SGLANG_VENV"   # same interpreter as .venv
+  "$SGLANG_VENV/bin/python" -m pip install -q --upgrade pip
+  "$SGLANG_VENV/bin/python" -m pip install -r requirements-sglang-gpu.txt
+fi
+
 .venv/bin/python -m ipykernel install --sys-prefix --name llm-labs --display-name "Python (llm-labs)" >/dev/null
 .venv/bin/python -m common.models prepare
 echo "[setup] done in $(( $(date +%s) - start )) s"

@@ -22,3 +22,13 @@ def model_pair(request):
 def rng(rng_seed) -> torch.Generator:
     """Fresh random inputs every run, from this test's seed (printed in the report when the test fails)."""
     return torch.Generator().manual_seed(rng_seed)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """The random 3-layer `tiny` model (fp32, CPU), shared by the tests of one module.
+
+    Module scope on purpose, not session: `common.engine.LLM` fuses its model in place
+    (`common.fused.fuse_for_serving`), so every test module starts from a freshly loaded, unfused model.
+    Tests that change the model themselves load their own (`load_model("tiny")`)."""
+    return load_model("tiny", torch.float32)

@@ -4,13 +4,7 @@ import torch
 
 from common.batching import RaggedKVCache, join_padding, static_batch_padding
 from common.generate import greedy_generate
-from common.models import load_model
 from common.token_budget import Request, serve_packed, simulate
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
 
 
 def test_join_padding_is_n_minus_1_times_b_minus_1():

@@ -5,14 +5,8 @@ import torch
 
 from common.engine import LLM, SamplingParams
 from common.generate import greedy_generate
-from common.models import load_model
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny", torch.float32)
 
 
 def _prompts(rng, lengths, vocab=49152):

@@ -59,10 +59,8 @@ def test_bf16_model_runs_and_mostly_agrees(rng):
     assert (a == b).float().mean().item() > 0.8
 
 
-def test_context_length_errors():
-    from common.models import load_model
-
-    model = load_model("tiny")
+def test_context_length_errors(tiny):
+    model = tiny
     too_long = model.config.max_position_embeddings + 1
     with pytest.raises(ContextLengthError, match="context"):
         model(torch.zeros(1, too_long, dtype=torch.long))

@@ -6,14 +6,8 @@ import pytest
 import torch
 
 from common.kv_cache import KVCache
-from common.models import load_model
 from common.paged import BlockManager, PagedKVStore
 from common.paged.paged_cache import PagedSeqCache
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny")
 
 
 def contiguous_logits(model, ids: list[int]) -> torch.Tensor:

@@ -5,18 +5,13 @@ import torch
 
 from common.engine import LLM, SamplingParams
 from common.llama import LlamaConfig
-from common.models import load_config, load_model
+from common.models import load_config
 from common.paged import BlockManager, PagedKVStore, kv_bytes_per_token
 from common.quant.kv_int8_paged import Int8PagedKVStore
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 CFG = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=8, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny", torch.float32)
 
 
 def _random_kv(rng, n):

@@ -95,7 +95,7 @@ def test_models_health_and_metric_names(srv):
         assert f'{name}{{' in text and 'model_name="tiny"' in text, name
 
 
-def _bad_requests(model: str) -> list[tuple[str, str | dict, str | None]]:
+def _bad_requests(model: str) -> list[tuple[str, str | bytes | dict, str | None]]:
     """(route, body, param the error names)"""
     ok = {"model": model, "prompt": "hi", "max_tokens": 4}
     chat = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
@@ -115,17 +115,21 @@ def _bad_requests(model: str) -> list[tuple[str, str | dict, str | None]]:
         ("completions", {**ok, "n": 0}, "n"),
         ("completions", {**ok, "min_tokens": 9}, "min_tokens"),
         ("completions", {**ok, "stop": [""]}, "stop"),
+        ("completions", {**ok, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ("completions", {**ok, "logprobs": 2}, "logprobs"),
+        ("completions", b"{\"model\": \"" + model.encode() + b"\", \"prompt\": \"\xff\xfe\"}", None),
         ("completions", {**ok, "n": 2, "stream": True}, "n"),
         ("chat/completions", {**chat, "messages": "hi"}, "messages"),
         ("chat/completions", {**chat, "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
         ("chat/completions", {**chat, "max_completion_tokens": 4096}, "max_completion_tokens"),
+        ("chat/completions", {**chat, "logprobs": True, "top_logprobs": 2}, "logprobs"),
     ]
 
 
 @pytest.mark.parametrize("case", range(len(_bad_requests("tiny"))))
 def test_bad_requests_get_openai_400(srv, case):
     route, body, param = _bad_requests(srv.model_name)[case]
-    kw = {"content": body} if isinstance(body, str) else {"json": body}
+    kw = {"content": body} if isinstance(body, (str, bytes)) else {"json": body}
     r = httpx.post(f"{srv.base_url}/v1/{route}", headers={"Content-Type": "application/json"}, **kw)
     assert r.status_code == 400, r.text
     err = r.json()["error"]

@@ -1,6 +1,7 @@
 """Fuzz the request schema against a live server: bodies drawn from the pydantic models' JSON schema
 (a small schema → hypothesis strategy converter below: hypothesis-jsonschema 0.23.1 does not work
-with current hypothesis), the same bodies with one field replaced by junk, and arbitrary JSON.
+with current hypothesis), the same bodies with one field replaced by junk (also the unsupported
+OpenAI fields, which the schema leaves out), arbitrary JSON, and raw bytes (invalid UTF-8).
 Whatever arrives, the server answers 200 (with an OpenAI response) or a 4xx OpenAI error, never 5xx.
 The server runs with a 48-token context so every accepted request finishes in a few steps."""
 import json
@@ -62,14 +63,16 @@ def from_schema(schema: dict, defs: dict | None = None, tight: bool = False) -> 
 
 def _bodies(model_cls, route_model: str):
     schema = model_cls.model_json_schema()
-    valid = st.one_of(from_schema(schema), from_schema(schema, tight=True)).map(lambda b: {**b, "model": route_model} if isinstance(b, dict) else b)
-    mutated = st.tuples(valid, st.sampled_from(sorted(schema["properties"])), json_values).map(
-        lambda t: {**t[0], t[1]: t[2]})
+    valid = st.one_of(from_schema(schema), from_schema(schema, tight=True)).map(
+        lambda b: {**b, "model": route_model} if isinstance(b, dict) else b)
+    fields = sorted(schema["properties"]) + sorted(model_cls.UNSUPPORTED)    # those are left out of the schema
+    mutated = st.tuples(valid, st.sampled_from(fields), json_values).map(lambda t: {**t[0], t[1]: t[2]})
     return st.one_of(valid, mutated, json_values)
 
 
 def _check(http: httpx.Client, route: str, body) -> None:
-    r = http.post(route, content=json.dumps(body), headers={"Content-Type": "application/json"})
+    content = body if isinstance(body, bytes) else json.dumps(body)
+    r = http.post(route, content=content, headers={"Content-Type": "application/json"})
     assert r.status_code < 500, (body, r.status_code, r.text[:300])
     if r.headers.get("content-type", "").startswith("application/json"):
         data = r.json()
@@ -89,3 +92,13 @@ def test_fuzz_completions_never_5xx(http, body):
 @given(body=_bodies(ChatCompletionRequest, "tiny"))
 def test_fuzz_chat_never_5xx(http, body):
     _check(http, "/v1/chat/completions", body)
+
+
+raw_bytes = st.binary(max_size=64) | st.binary(max_size=16).map(lambda b: b'{"model": "tiny", "prompt": "' + b + b'"}')
+
+
+@FUZZ
+@given(body=raw_bytes)
+def test_fuzz_raw_bytes_never_5xx(http, body):
+    """Bytes that are not UTF-8 (or not JSON) inside and around a body: a 4xx, never a crash."""
+    _check(http, "/v1/completions", body)

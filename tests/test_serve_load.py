@@ -52,8 +52,8 @@ async def _all(base_url: str, model: str, prompts: list[list[int]], stream: bool
         return await asyncio.gather(*(_one(http, model, p, stream) for p in prompts))
 
 
-def test_200_concurrent_streams_complete_exactly_and_free_the_cache(srv):
-    rng = random.Random()
+def test_200_concurrent_streams_complete_exactly_and_free_the_cache(srv, rng_seed):
+    rng = random.Random(rng_seed)
     prompts = [[rng.randrange(49152) for _ in range(rng.randint(4, 40))] for _ in range(NUM_CLIENTS)]
     t0 = time.perf_counter()
     streamed = asyncio.run(_all(srv.base_url, srv.model_name, prompts, stream=True))

@@ -5,21 +5,15 @@ import asyncio
 import random
 
 import pytest
-import torch
 
 from common.engine import LLM, SamplingParams
-from common.models import load_model, load_tokenizer
+from common.models import load_tokenizer
 from common.serve.app import make_limits
 from common.serve.async_engine import AsyncEngine
 from common.serve.metrics import EngineMetrics
 from common.serve.validation import APIError, validate_request
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    return load_model("tiny", torch.float32)
 
 
 @pytest.fixture(scope="module")

@@ -4,5 +4,6 @@
 - `validation.validate_request`: raw body → (request, prompt ids, SamplingParams) or APIError (400/429).
 - `sse`: `sse_event`, `IncrementalDetokenizer`, `stream_sse` (token events → SSE chunks).
 - `responses`, `protocol`: OpenAI's response / request shapes; `metrics`: vLLM-named Prometheus metrics.
+- `guards`: 413 for bodies over --max-body-bytes, bearer auth on /v1 (--api-key), CORS (--allowed-origins).
 - `app.create_app`: the FastAPI routes; `launch.ServerProcess`: the server in a child process.
 """

@@ -1,5 +1,10 @@
 """`python -m common.serve --model smollm2-135m --port 8000`: our engine behind an OpenAI-compatible
-HTTP API (FastAPI + uvicorn). See common/serve/__init__.py for the pieces."""
+HTTP API (FastAPI + uvicorn). See common/serve/__init__.py for the pieces.
+
+Defaults suit a notebook on loopback: no auth, no CORS, bodies up to 1 MiB. Facing other clients,
+set --api-key (or COMMON_SERVE_API_KEY) and --allowed-origins. --max-model-len may not exceed the
+positions the model was trained with (max_position_embeddings): beyond them RoPE extrapolates and
+the output degrades silently, so the server refuses to start, as vLLM does."""
 from __future__ import annotations
 
 import argparse
@@ -7,10 +12,18 @@ import logging
 import sys
 
 from ..engine.llm import DEFAULT_KV_CACHE_MEMORY
+from .guards import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, parse_origins, resolve_api_key
+
+
+def trained_positions(model: str) -> int:
+    """The model's max_position_embeddings, read from its config.json (no weights loaded)."""
+    from ..models import load_config
+    return load_config(model).max_position_embeddings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m common.serve", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m common.serve", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="common.models name (smollm2-135m, tiny)")
     p.add_argument("--served-model-name", default=None, help="the `model` clients send (default: --model)")
     p.add_argument("--host", default="127.0.0.1")
@@ -19,18 +32,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--max-model-len", type=int, default=None)
+    p.add_argument("--max-model-len", type=int, default=None,
+                   help="context length (default and maximum: the model's max_position_embeddings)")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--kv-cache-memory", type=int, default=DEFAULT_KV_CACHE_MEMORY, help="bytes of KV cache")
     p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--max-queue", type=int, default=512,
                    help="requests in flight (waiting + running) beyond which new ones get 429")
+    p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                   help="larger request bodies get 413 without being read (default: 1 MiB)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require `Authorization: Bearer <key>` on /v1/* (default: ${API_KEY_ENV}, else no auth); "
+                        "/health and /metrics stay open")
+    p.add_argument("--allowed-origins", default="",
+                   help="comma-separated origins browsers may call the API from (CORS; default: none)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds SIGTERM/SIGINT waits for open requests before cancelling them")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     if args.max_queue < 1:
         p.error("--max-queue must be >= 1")
+    if args.max_body_bytes < 1:
+        p.error("--max-body-bytes must be >= 1")
+    if args.max_model_len is not None:
+        if args.max_model_len < 2:
+            p.error("--max-model-len must be >= 2 (a prompt token and a generated one)")
+        try:
+            trained = trained_positions(args.model)
+        except Exception as e:                          # unknown or not installed model
+            p.error(f"cannot read the config of --model {args.model}: {e}")
+        if args.max_model_len > trained:
+            p.error(f"--max-model-len {args.max_model_len} exceeds the {trained} positions {args.model} was "
+                    f"trained with (max_position_embeddings); RoPE would extrapolate beyond them. "
+                    f"Use --max-model-len {trained} or less.")
+    args.api_key = resolve_api_key(args.api_key)
+    args.allowed_origins = parse_origins(args.allowed_origins)
     return args
 
 
@@ -52,7 +88,8 @@ def build(args: argparse.Namespace):
     llm.block_manager.stats = PrefixCacheStats()
     name = args.served_model_name or args.model
     engine = AsyncEngine(llm, EngineMetrics(name))
-    return create_app(engine, name, max_queue=args.max_queue)
+    return create_app(engine, name, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
+                      api_key=args.api_key, allowed_origins=args.allowed_origins)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,9 @@ Routes: POST /v1/completions, POST /v1/chat/completions (both with stream=true a
 GET /v1/models, GET /health, GET /metrics. Handlers read the raw body and validate it themselves
 (common.serve.validation) so every client error is OpenAI's error JSON with status 400 (FastAPI's
 own validation would answer 422 in its own shape); a full queue answers 429 with Retry-After.
+A body above `max_body_bytes` answers 413 unread; validation (it tokenizes) runs in a worker
+thread, so a long prompt never stalls the event loop that streams everyone else's tokens.
+`api_key` / `allowed_origins` add bearer auth on /v1 and CORS (common.serve.guards); off by default.
 
 The two pieces lab 10 asks readers to write (request validation; the SSE stream with incremental
 detokenization) are looked up in an `Impl`, by default this package's functions. The lab's tests
@@ -17,7 +20,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -26,6 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import sse, validation
 from .async_engine import AsyncEngine, ClientGone, EngineDead
+from .guards import DEFAULT_MAX_BODY_BYTES, add_guards, read_body
 from .responses import ResponseFactory
 from .validation import APIError, Limits, error_body
 
@@ -61,6 +65,9 @@ class Impl:
 
 def make_limits(llm: Any, model_name: str) -> Limits:
     tok = llm.tokenizer
+    # one encode now: a fast tokenizer resets its truncation/padding state (a mutation) on its first
+    # call; requests then encode in worker threads concurrently, and must only ever read it
+    tok.encode("warm up", add_special_tokens=False)
 
     def chat_ids(messages: list[dict]) -> list[int]:
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -73,7 +80,9 @@ def _error(exc: APIError) -> JSONResponse:
     return JSONResponse(exc.body(), status_code=exc.status, headers=exc.headers)
 
 
-def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl: Impl | None = None) -> FastAPI:
+def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl: Impl | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, api_key: str | None = None,
+               allowed_origins: Sequence[str] = ()) -> FastAPI:
     """The app; the engine thread starts with the app's lifespan and stops (cancelling what is
     left) after uvicorn drained the open connections on SIGTERM/SIGINT."""
     impl = impl or Impl.from_env()
@@ -88,6 +97,7 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
         await engine.stop()
 
     app = FastAPI(title="common.serve (OpenAI-compatible)", lifespan=lifespan)
+    add_guards(app, api_key, allowed_origins)
 
     @app.exception_handler(APIError)
     async def api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -109,7 +119,8 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
 
     async def handle(request: Request, kind: str) -> Response:
-        req, ids, params = impl.validate_request(await request.body(), kind, limits)
+        raw = await read_body(request, max_body_bytes)
+        req, ids, params = await asyncio.to_thread(impl.validate_request, raw, kind, limits)
         if engine.num_inflight >= max_queue:
             raise APIError(f"the server has {engine.num_inflight} requests in flight (max {max_queue}); retry later",
                            status=429, type="rate_limit_exceeded", code="rate_limit_exceeded",

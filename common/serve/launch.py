@@ -4,7 +4,8 @@
         httpx.post(srv.base_url + "/v1/completions", json={"model": srv.model_name, "prompt": "Hi"})
 
 Keyword arguments become command-line flags (max_num_seqs=64 → --max-num-seqs 64; True → the bare
-flag, False → --no-<flag>). `impl=path` serves lab 10's functions from that file (COMMON_SERVE_IMPL).
+flag, False → --no-<flag>; api_key="k" → --api-key k, then clients send `Bearer k`). `impl=path`
+serves lab 10's functions from that file (COMMON_SERVE_IMPL).
 The log goes to a file (`srv.log_path`, `srv.log_tail()`); exit sends SIGTERM to the process group
 (the server drains, then cancels) and SIGKILL after `grace_s`. Built on common.peers.process.ManagedServer.
 """

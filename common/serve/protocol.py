@@ -1,17 +1,55 @@
 """Request bodies of the OpenAI API (the subset our server implements, plus vLLM's extensions
-ignore_eos / min_tokens / top_k), as pydantic models. Unknown fields are ignored, as OpenAI and
-vLLM do; wrong types are rejected (they become 400 errors, see common.serve.validation).
+ignore_eos / min_tokens / top_k), as pydantic models. Wrong types are rejected (they become 400
+errors, see common.serve.validation).
+
+OpenAI fields the server does not implement (logprobs, echo, penalties, tools, ...) are declared
+too, so that a client who sets one gets 400 naming it instead of an answer that silently lacks it;
+their default or null values are accepted, because clients and SDKs may send those. Fields nobody
+documents are still ignored, as OpenAI-compatible servers (vLLM) do.
 
 The models also document the API: FastAPI publishes them in /openapi.json, which the fuzz test
-draws request bodies from.
+draws request bodies from (the unsupported fields are left out of that schema: they accept nothing
+but their defaults).
 """
 from __future__ import annotations
 
-from typing import Literal, Union
+import reprlib
+from typing import Any, ClassVar, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic.json_schema import SkipJsonSchema
 
 Prompt = Union[str, list[int], list[str], list[list[int]]]
+MAX_STOP_STRINGS = 4          # OpenAI's limit; each stop string costs a search per generated token
+Unsupported = SkipJsonSchema[Any]
+
+# field -> the values that mean "not used" (compared with their type: completions' logprobs=0 asks
+# for the sampled token's logprob, so 0 is not False there)
+UNSUPPORTED_COMMON: dict[str, tuple] = {
+    "logprobs": (None, False), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
+    "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0),
+}
+UNSUPPORTED_COMPLETION: dict[str, tuple] = {**UNSUPPORTED_COMMON, "echo": (None, False), "best_of": (None, 1),
+                                            "suffix": (None, "")}
+UNSUPPORTED_CHAT: dict[str, tuple] = {
+    **UNSUPPORTED_COMMON, "top_logprobs": (None, 0), "response_format": (None, {"type": "text"}),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+    "function_call": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
+    "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "store": (None, False),
+    "metadata": (None, {}), "service_tier": (None, "auto", "default"), "reasoning_effort": (None,),
+    "web_search_options": (None,),
+}
+
+
+def is_unused(value: Any, unused: tuple) -> bool:
+    """`value` equals one of `unused` with the same type (0 == False must not count)."""
+    return any(type(value) is type(u) and value == u for u in unused)
+
+
+def _short(value: Any) -> str:
+    """A bounded repr for the error message (reprlib caps length and depth: a client's value may be
+    megabytes, or nested deeper than repr can recurse)."""
+    return reprlib.repr(value)
 
 
 class StreamOptions(BaseModel):
@@ -22,6 +60,7 @@ class _Common(BaseModel):
     """Fields shared by /v1/completions and /v1/chat/completions."""
 
     model_config = ConfigDict(extra="ignore")
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = UNSUPPORTED_COMMON
 
     model: str
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -38,13 +77,42 @@ class _Common(BaseModel):
     skip_special_tokens: bool = True
     user: str | None = None
 
+    logprobs: Unsupported = None
+    logit_bias: Unsupported = None
+    presence_penalty: Unsupported = None
+    frequency_penalty: Unsupported = None
+    repetition_penalty: Unsupported = None
+    min_p: Unsupported = None
+
+    @field_validator("stop")
+    @classmethod
+    def _at_most_four_stops(cls, stop: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(stop, list) and len(stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stop)}")
+        return stop
+
+    @field_validator("*")
+    @classmethod
+    def _refuse_unsupported(cls, value: Any, info: ValidationInfo) -> Any:
+        unused = cls.UNSUPPORTED.get(info.field_name)
+        if unused is not None and not is_unused(value, unused):
+            raise ValueError(f"{info.field_name}={_short(value)} is not supported by this server "
+                             f"(accepted: {', '.join(repr(u) for u in unused)})")
+        return value
+
 
 class CompletionRequest(_Common):
     """POST /v1/completions. `prompt` is one string or one token-id list (a batch of prompts is
     rejected with a clear error: one request = one prompt keeps usage and streaming simple)."""
 
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = UNSUPPORTED_COMPLETION
+
     prompt: Prompt
     max_tokens: int | None = Field(default=16, ge=1)
+
+    echo: Unsupported = None
+    best_of: Unsupported = None
+    suffix: Unsupported = None
 
 
 class ChatMessage(BaseModel):
@@ -57,9 +125,27 @@ class ChatMessage(BaseModel):
 class ChatCompletionRequest(_Common):
     """POST /v1/chat/completions; the prompt is the tokenizer's chat template over `messages`."""
 
+    UNSUPPORTED: ClassVar[dict[str, tuple]] = UNSUPPORTED_CHAT
+
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
+
+    top_logprobs: Unsupported = None
+    response_format: Unsupported = None
+    tools: Unsupported = None
+    tool_choice: Unsupported = None
+    functions: Unsupported = None
+    function_call: Unsupported = None
+    parallel_tool_calls: Unsupported = None
+    modalities: Unsupported = None
+    audio: Unsupported = None
+    prediction: Unsupported = None
+    store: Unsupported = None
+    metadata: Unsupported = None
+    service_tier: Unsupported = None
+    reasoning_effort: Unsupported = None
+    web_search_options: Unsupported = None
 
     @property
     def wanted_tokens(self) -> int | None:

@@ -61,8 +61,10 @@ def parse_body(raw: bytes | str | Any, kind: RequestKind) -> CompletionRequest |
     if isinstance(raw, (bytes, bytearray, str)):
         try:
             raw = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise APIError(f"request body is not valid JSON: {e}") from None
+        except RecursionError:                          # e.g. "[" * 100_000: deeper than Python recurses
+            raise APIError("request body is nested too deeply") from None
+        except ValueError as e:     # not JSON, not UTF-8/16/32, or an integer beyond Python's 4300 digits
+            raise APIError(f"request body is not valid JSON: {str(e)[:200]}") from None
     if not isinstance(raw, dict):
         raise APIError(f"request body must be a JSON object, got {type(raw).__name__}")
     try:
