@@ -7,7 +7,7 @@ STAGE   := scripts/stage.sh
 NBVAL   := $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider
 NOTEBOOKS = $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
 
-.PHONY: setup demo test unit check-labs nbval doctor notebooks notebook errata jupyter clean bench
+.PHONY: setup demo test lint unit check-labs nbval doctor notebooks notebook errata jupyter clean bench
 
 setup: $(STAMP)
 
@@ -19,9 +19,13 @@ demo: setup
 	@$(STAGE) demo $(PY) -m common.demo
 
 test: setup
+	@$(STAGE) lint $(MAKE) --no-print-directory lint
 	@$(STAGE) "unit tests" $(PY) -m pytest tests -q
 	@$(STAGE) "lab check" $(PY) -m labs.check
 	@$(STAGE) notebooks $(MAKE) --no-print-directory nbval
+
+lint: setup
+	@$(PY) -m ruff check .
 
 nbval: setup
 	@if [ -n "$(NOTEBOOKS)" ]; then $(NBVAL) $(NOTEBOOKS); else echo "no notebooks yet"; fi

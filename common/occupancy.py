@@ -74,7 +74,8 @@ def occupancy(arch: str | SMArch, threads_per_block: int, registers_per_thread: 
     if not 1 <= registers_per_thread <= a.max_registers_per_thread:
         raise ValueError(f"registers_per_thread must be in 1..{a.max_registers_per_thread}, got {registers_per_thread}")
     if not 0 <= shared_bytes_per_block <= a.shared_per_block:
-        raise ValueError(f"shared memory per block must be in 0..{a.shared_per_block} bytes, got {shared_bytes_per_block}")
+        raise ValueError(f"shared memory per block must be in 0..{a.shared_per_block} bytes, "
+                         f"got {shared_bytes_per_block}")
     warps = math.ceil(threads_per_block / WARP_SIZE)
     regs_per_warp = _round_up(registers_per_thread * WARP_SIZE, a.register_alloc_unit)
     limits = {

@@ -46,4 +46,5 @@ def pytest_runtest_makereport(item, call):
         function is not None and "rng_seed" in inspect.signature(function).parameters)
     moved = random.getstate() != py_state or not torch.equal(torch.get_rng_state(), torch_state)
     if asked or moved or report.when != "call":
-        report.sections.append(("rng seed", f"rng seed: {value}  (reproduce: {SEED_ENV}={value} pytest '{item.nodeid}')"))
+        reproduce = f"{SEED_ENV}={value} pytest '{item.nodeid}'"
+        report.sections.append(("rng seed", f"rng seed: {value}  (reproduce: {reproduce})"))

@@ -53,7 +53,8 @@ def main() -> int:
             stub = run_tests(lab, tmp)
         good = ref["tests"] > 0 and ref["passed"] == ref["tests"] and stub["passed"] == 0 and stub["tests"] > 0
         ok &= good
-        print(f"{lab.name:8s} {ref['passed']:>6d}/{ref['tests']:<3d} passed {stub['failed']:>10d}/{stub['tests']:<3d} failed  "
+        print(f"{lab.name:8s} {ref['passed']:>6d}/{ref['tests']:<3d} passed "
+              f"{stub['failed']:>10d}/{stub['tests']:<3d} failed  "
               f"{'ok' if good else 'BROKEN'}")
     return 0 if ok else 1
 

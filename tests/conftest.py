@@ -19,7 +19,7 @@ def model_pair(request):
 
 
 @pytest.fixture
-def rng(rng_seed) -> torch.Generator:
+def rng(rng_seed) -> torch.Generator:  # noqa: F811  (pytest injects the imported fixture)
     """Fresh random inputs every run, from this test's seed (printed in the report when the test fails)."""
     return torch.Generator().manual_seed(rng_seed)
 

@@ -15,7 +15,8 @@ def test_place_agrees_with_the_time_view():
     rng = random.Random(2)
     peak, bw = 100e12, 2e12
     for _ in range(50):
-        shape = MatmulShape(rng.choice([1, 3, 64, 512, 4096]), rng.randint(16, 8192), rng.randint(16, 8192), rng.choice([1, 2, 4]))
+        shape = MatmulShape(rng.choice([1, 3, 64, 512, 4096]), rng.randint(16, 8192), rng.randint(16, 8192),
+                            rng.choice([1, 2, 4]))
         pt = place(shape, peak, bw)
         compute_s, memory_s = shape.flops / peak, shape.bytes_moved / bw
         assert pt.attainable == pytest.approx(shape.flops / max(compute_s, memory_s))

@@ -126,7 +126,8 @@ def test_checker_catches_a_busy_run(tmp_path: Path) -> None:
     nb = {"cells": [
         {"cell_type": "code", "execution_count": 1, "source": [], "metadata": {}, "outputs": [
             {"output_type": "stream", "name": "stdout",
-             "text": f"{START_TAG} | device: cpu\n{START_TAG} | load average: 9.10 (1 min), 9.0 (5 min) on 2 cores\n"}]},
+             "text": f"{START_TAG} | device: cpu\n"
+                     f"{START_TAG} | load average: 9.10 (1 min), 9.0 (5 min) on 2 cores\n"}]},
         {"cell_type": "markdown", "source": ["另一位工程师在做"], "metadata": {}},
         {"cell_type": "code", "execution_count": 3, "source": [], "metadata": {}, "outputs": [
             {"output_type": "stream", "name": "stderr", "text": "/work/x/site-packages/y.py: warning"},

@@ -110,7 +110,8 @@ class Simulation:
     def step(self) -> None:
         op, live = self.rng.random(), list(self.tokens)
         if op < 0.35 or not live:
-            prompt = list(self.rng.choice(self.prefixes)) + [self.rng.randrange(50) for _ in range(self.rng.randrange(0, 12))]
+            suffix = [self.rng.randrange(50) for _ in range(self.rng.randrange(0, 12))]
+            prompt = list(self.rng.choice(self.prefixes)) + suffix
             if self.m.can_allocate(prompt):
                 sid, self.next_id = self.next_id, self.next_id + 1
                 self.tokens[sid] = prompt

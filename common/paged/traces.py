@@ -14,7 +14,8 @@ def _tokens(rng: random.Random, n: int) -> list[int]:
     return [rng.randrange(LOW, HIGH) for _ in range(n)]
 
 
-def shared_system_trace(num_requests: int, system_len: int, user_len: tuple[int, int], seed: int = 0) -> list[list[int]]:
+def shared_system_trace(num_requests: int, system_len: int, user_len: tuple[int, int],
+                        seed: int = 0) -> list[list[int]]:
     """One system prompt, then a different user message per request."""
     rng = random.Random(seed)
     system = _tokens(rng, system_len)

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--block-size", type=int, default=16, help="prefix policy: tokens (or bytes) per block")
-    parser.add_argument("--balance-abs", type=int, default=8, help="prefix policy: in-flight gap that overrides the cache")
+    parser.add_argument("--balance-abs", type=int, default=8,
+                        help="prefix policy: in-flight gap that overrides the cache")
     args = parser.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     kwargs = {"block_size": args.block_size, "balance_abs": args.balance_abs} if args.policy == "prefix" else {}

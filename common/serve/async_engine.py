@@ -18,7 +18,6 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from ..engine import LLM, SamplingParams
 from ..engine.sequence import Sequence, Status

@@ -106,7 +106,8 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, num_prompt: 
     """OpenAI fields → SamplingParams; max_tokens defaults to the rest of the context (vLLM's rule)."""
     wanted = req.wanted_tokens if isinstance(req, ChatCompletionRequest) else req.max_tokens
     room = limits.max_model_len - num_prompt
-    name = "max_completion_tokens" if isinstance(req, ChatCompletionRequest) and req.max_completion_tokens else "max_tokens"
+    chat_limit = isinstance(req, ChatCompletionRequest) and req.max_completion_tokens
+    name = "max_completion_tokens" if chat_limit else "max_tokens"
     if wanted is not None and wanted > room:
         raise APIError(f"{name}={wanted} plus the prompt's {num_prompt} tokens exceed the context of "
                        f"{limits.max_model_len} tokens", param=name, code="context_length_exceeded")

@@ -12,6 +12,7 @@ from .drafters import Draft, Drafter, ModelDrafter, NgramDrafter, QuantizedDraft
 from .theory import expected_tokens, fit_alpha, speedup
 from .verify import greedy_verify, rejection_step, residual_distribution, speculative_verify
 
-__all__ = ["Draft", "Drafter", "ModelDrafter", "NgramDrafter", "QuantizedDrafter", "SelfDraftDrafter", "SpecResult", "expected_tokens", "fit_alpha",
+__all__ = ["Draft", "Drafter", "ModelDrafter", "NgramDrafter", "QuantizedDrafter", "SelfDraftDrafter", "SpecResult",
+           "expected_tokens", "fit_alpha",
            "greedy_verify", "rejection_step", "residual_distribution", "speculative_generate",
            "speculative_verify", "speedup", "truncated_model"]

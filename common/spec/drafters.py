@@ -118,7 +118,8 @@ class ModelDrafter:
         if k == 0:
             return Draft([], None)
         if len(tokens) + k > self.max_seq_len:
-            raise ValueError(f"{len(tokens)} tokens + {k} draft tokens exceed the drafter's cache of {self.max_seq_len}")
+            raise ValueError(f"{len(tokens)} tokens + {k} draft tokens exceed the drafter's cache "
+                             f"of {self.max_seq_len}")
         self._sync(tokens)
         feed = torch.tensor([tokens[len(self.seen):]], device=self.model.device)
         self.seen.extend(tokens[len(self.seen):])

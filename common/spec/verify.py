@@ -18,7 +18,8 @@ import torch
 
 def _check_rows(p: torch.Tensor, draft: torch.Tensor) -> None:
     if p.dim() != 2 or draft.dim() != 1:
-        raise ValueError(f"expected target rows [k+1, vocab] and draft [k], got {tuple(p.shape)} and {tuple(draft.shape)}")
+        raise ValueError(f"expected target rows [k+1, vocab] and draft [k], "
+                         f"got {tuple(p.shape)} and {tuple(draft.shape)}")
     if p.shape[0] != draft.shape[0] + 1:
         raise ValueError(f"the target must score k+1 = {draft.shape[0] + 1} positions, got {p.shape[0]} rows")
     if draft.numel() and (int(draft.min()) < 0 or int(draft.max()) >= p.shape[1]):
