@@ -15,6 +15,7 @@ import torch
 
 from .device import pick_device, synchronize
 from .paths import CACHE_DIR
+from .runinfo import load_average
 
 
 def best_time(fn, repeats: int, device: torch.device | str) -> float:
@@ -132,7 +133,7 @@ def measure_peaks(device: str | torch.device | None = None, refresh: bool = Fals
     A measurement taken while other work loads the CPU (1-minute load average above half the cores) is
     returned but never cached: a busy-machine number would otherwise stand in for the machine's peak."""
     device = pick_device(device)
-    quiet = os.getloadavg()[0] < 0.5 * (os.cpu_count() or 1)
+    quiet = load_average()[0] < 0.5 * (os.cpu_count() or 1)
     key = f"{platform.node()}-{device.type}-{torch.get_num_threads()}t-v2"
     cache_file = CACHE_DIR / "peaks" / f"{key}.json"
     if cache_file.exists() and not refresh:
@@ -175,7 +176,7 @@ def single_thread_if_busy(device: torch.device | str = "cpu") -> str:
     cores, every small op then costs a scheduler time slice (we measured decode 20x slower).
     Returns one line saying what was chosen.
     """
-    load = os.getloadavg()[0]
+    load = load_average()[0]
     cores = os.cpu_count() or 1
     busy = torch.device(device).type == "cpu" and load > cores
     if busy:
@@ -209,4 +210,3 @@ def last_level_cache_bytes(device: str | torch.device | None = None) -> int:
     except (OSError, ValueError):
         pass
     return size
-

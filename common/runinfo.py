@@ -33,6 +33,12 @@ def load_average() -> tuple[float, float]:
     return one, five
 
 
+def busy_limit() -> float:
+    """The 1-minute load above which a run's timings are noise: the cores plus half a process of slack
+    (the run's own threads count too). tests/test_notebooks.py and the benchmarks' warnings use it."""
+    return (os.cpu_count() or 1) + 0.5
+
+
 def _version(dist: str) -> str:
     try:
         return importlib.metadata.version(dist)

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from common.paths import FIGURES_DIR, REPO_ROOT
-from common.runinfo import END_TAG, START_TAG
+from common.runinfo import END_TAG, START_TAG, busy_limit
 
 NOTEBOOKS = sorted((REPO_ROOT / "chapters").glob("*/*.ipynb"))
 CORES = os.cpu_count() or 2
-MAX_LOAD = CORES + 0.5
+MAX_LOAD = busy_limit()
 MAX_WALL_S_CPU = 180.0
 MAX_STDERR = 3
 MAX_BYTES = 2_000_000

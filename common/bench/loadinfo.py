@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import os
 
-from ..runinfo import load_average
-
-END_SLACK = 0.5
+from ..runinfo import busy_limit, load_average
 
 
 def load_snapshot(when: str = "start") -> dict:
     one, five = load_average()
     cores = os.cpu_count() or 1
-    limit = cores + (0.0 if when == "start" else END_SLACK)
+    limit = float(cores) if when == "start" else busy_limit()
     return {"when": when, "load_1min": round(one, 2), "load_5min": round(five, 2), "cores": cores,
             "limit": limit, "too_busy": one > limit}
 
