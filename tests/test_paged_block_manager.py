@@ -171,3 +171,24 @@ def test_random_operations_keep_invariants(seed, caching):
     sim.check_invariants()
     assert sim.m.num_free_blocks == sim.m.num_blocks and sim.m.usage == 0.0
     assert sim.m.allocator.num_free + sim.m.prefix_cache.num_evictable == sim.m.num_blocks
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_operations_under_forced_key_collisions(seed, monkeypatch):
+    """Block keys cut to one byte collide constantly; every hit must still hold the right tokens
+    (Simulation.check_content runs on each allocation)."""
+    import hashlib
+
+    import common.paged.block_hash as bh
+    import common.paged.block_manager as bm
+
+    def one_byte(parent, tokens):
+        return hashlib.sha256(parent + bytes(str(list(tokens)), "ascii")).digest()[:1]
+
+    monkeypatch.setattr(bh, "hash_block", one_byte)
+    monkeypatch.setattr(bm, "hash_block", one_byte)
+    sim = Simulation(seed, num_blocks=24, block_size=random.Random(seed).choice([1, 2, 4]), caching=True)
+    for _ in range(300):
+        sim.step()
+        sim.check_invariants()
+    assert sim.m.stats.hits > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 import traceback
+from dataclasses import asdict
 from typing import Callable
 
 import torch
@@ -32,11 +33,10 @@ def run_common(workload: Workload, model: str, dtype: str, engine_kwargs: dict |
                use_tqdm: bool = True) -> dict:
     from ..engine import LLM, SamplingParams
 
-    kwargs = dict(max_num_seqs=256, max_num_batched_tokens=2048, kv_cache_memory=1 << 30)
-    kwargs.update(engine_kwargs or {})
     t0 = time.perf_counter()
-    llm = LLM(model, dtype=dtype, **kwargs)
+    llm = LLM(model, dtype=dtype, **(engine_kwargs or {}))     # defaults: common.engine.EngineConfig
     startup = time.perf_counter() - t0
+    config = {k: v for k, v in asdict(llm.engine_config).items() if isinstance(v, (bool, int, float, str))}
     warm = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
     llm.generate([workload.prompts[0][:32]], warm, use_tqdm=False)  # one-time allocator/first-call costs
     params = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in workload.output_lens]
@@ -45,7 +45,7 @@ def run_common(workload: Workload, model: str, dtype: str, engine_kwargs: dict |
     outs = llm.generate(workload.prompts, params, use_tqdm=use_tqdm)
     elapsed = time.perf_counter() - t0
     metrics = [o.outputs[0].metrics for o in outs]
-    result = {"engine": "common", "startup_s": startup, "config": kwargs,
+    result = {"engine": "common", "startup_s": startup, "config": config,
               **summarize(workload, elapsed, [m.ttft for m in metrics], [m.tpot for m in metrics if m.tpot]),
               "outputs": [o.outputs[0].token_ids for o in outs],
               "num_steps": len(llm.stats), "num_preemptions": sum(s.num_preempted for s in llm.stats),
@@ -176,3 +176,47 @@ def run_vllm_peer(workload: Workload, model: str, dtype: str) -> dict:
     return {"engine": "vllm", "version": raw.get("version"), "startup_s": raw.get("startup_s"),
             **summarize(workload, main["elapsed_s"], ttft), "outputs": [r["token_ids"] for r in main["outputs"]],
             "decode_latency_ms_b1": b1}
+
+
+# --- llama.cpp peer (common.peers.llama_cpp): the Q4_1 GGUF our model is converted from -------------------------
+def run_llama_cpp_peer(workload: Workload, model: str, dtype: str, n_seq_max: int = 16) -> dict:
+    """The workload through llama.cpp's batch API (continuous batching over `llama_decode`, up to
+    `n_seq_max` sequences) plus batch-1 decode ms/token and prefill of the batch-1 prompt. Its weights
+    are the GGUF's Q4_1 blocks whatever `dtype` says: the row names them in "weights"."""
+    from ..peers import llama_cpp as peer
+
+    if model != "smollm2-135m":
+        raise ValueError(f"llama.cpp runs the GGUF of smollm2-135m only, not {model!r}")
+    need = max(len(p) for p in workload.prompts) + max(workload.output_lens)
+    batched = peer.run_batched(workload.prompts, workload.output_lens, n_seq_max=n_seq_max,
+                               n_ctx_per_seq=max(512, need))
+    llm = peer.load(n_ctx=1024)
+    try:
+        prompt = _b1_prompt(llm.n_vocab())
+        b1 = peer.decode_ms_per_token(llm, prompt, B1_NEW_TOKENS)
+        prefill = peer.prefill_ms(llm, prompt)
+    finally:
+        llm.close()
+    return {"engine": "llama.cpp", "version": peer.installed_version(), "weights": "Q4_1 GGUF (embedding Q8_0)",
+            "mode": f"llama_decode continuous batching, n_seq_max={n_seq_max}, {peer.DEFAULT_THREADS} threads",
+            **summarize(workload, batched["elapsed_s"], batched["ttft_s"], batched["tpot_s"]),
+            "outputs": batched["outputs"], "decode_latency_ms_b1": b1,
+            "prefill_ms_b1": prefill, "prefill_tokens_b1": len(prompt)}
+
+
+# --- our engine on INT4 weights (common.quant.int4pack): torch's CPU int4 kernel reads the 4-bit codes -------------
+def run_common_int4(workload: Workload, model: str, dtype: str, engine_kwargs: dict | None = None,
+                    use_tqdm: bool = True, group_size: int = 128) -> dict:
+    """`run_common` with every decoder projection RTN-quantized to INT4 (asymmetric, g128, the format our
+    GPTQ/AWQ produce) and computed by `_weight_int4pack_mm_for_cpu`; the LM head stays in `dtype`. Its
+    outputs differ from the bf16 rows (other weights), so no identical-token comparison is made."""
+    from ..models import load_model
+    from ..quant.int4pack import decode_bytes_per_token, int4pack_model
+
+    t0 = time.perf_counter()
+    int4 = int4pack_model(load_model(model, dtype), fuse=True, group_size=group_size)
+    quantize_s = time.perf_counter() - t0
+    result = run_common(workload, int4, dtype, engine_kwargs, use_tqdm)
+    result.update(engine="common-int4", quantize_s=quantize_s, decode_weight_bytes=decode_bytes_per_token(int4),
+                  weights=f"INT4 RTN g{group_size} asymmetric (torch int4pack kernel), LM head {dtype}")
+    return result

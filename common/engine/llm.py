@@ -1,11 +1,17 @@
 """`LLM`: the offline engine with vLLM's API (`from common.engine import LLM, SamplingParams`).
 
-Each `step()`: schedule (decodes first, then chunked prefills under the token budget) →
-build the ragged batch → one forward over the paged KV cache → sample every sequence that
-finished its pending tokens → check stops. Blocks come from `common.paged.BlockManager`,
-K/V live in `common.paged.HeadMajorKVStore` (the paged store with kv heads outermost, which
-decode attention gathers without a copy) or `common.quant.kv_int8_paged.Int8PagedKVStore` with
-kv_cache_dtype="int8".
+Settings: `LLM(model, **overrides)` builds an `EngineConfig` (common/engine/config.py), the one
+place engine defaults live. Each `step()` reads top to bottom:
+  scheduler.schedule()         which sequences run, how many tokens each (decodes, then chunked
+                               prefills under the token budget, charged after prefix-cache hits)
+  kv_store.copy_blocks()       copy-on-write copies the schedule asked for
+  runner.prepare / execute     the ragged batch, one forward over the paged KV cache
+  scheduler.update_computed()  K/V now cached; full blocks enter the prefix cache
+  run_sampler()                penalties, sampling, raw logprobs
+  scheduler.postprocess()      append tokens, check stops, finish and free
+Overlap scheduling (engine/overlap.py) calls the same pieces with one step of lookahead.
+K/V live in `common.paged.HeadMajorKVStore` (kv heads outermost, which decode attention gathers
+without a copy) or `common.quant.kv_int8_paged.Int8PagedKVStore` with kv_cache_dtype="int8".
 """
 from __future__ import annotations
 
@@ -16,46 +22,37 @@ from typing import Any, Sequence as Seq
 import torch
 from tqdm.auto import tqdm
 
-from ..device import pick_device
+from ..device import parse_dtype, pick_device, synchronize
 from ..fused import fuse_for_serving
 from ..llama import Llama
 from ..paged import BlockManager, HeadMajorKVStore, PagedKVStore
 from ..quant.kv_int8_paged import Int8PagedKVStore
+from .config import EngineConfig
 from .overlap import OverlapLoop
 from .runner import ModelRunner
-from .sampler import SamplingBatch, sample
+from .sampler import SamplingBatch, run_sampler
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler, SchedulerOutput, check_policy
+from .scheduler import Scheduler, SchedulerOutput
 from .sequence import RequestOutput, Sequence, Status, completion_of
 from .stats import StepStats
-
-DEFAULT_KV_CACHE_MEMORY = 1 << 30
-KV_CACHE_DTYPES = ("auto", "int8")
+from .stop import StopChecker
 
 
 class LLM:
-    def __init__(self, model: str | Llama = "smollm2-135m", dtype: str | torch.dtype = "bfloat16",
-                 device: str | torch.device | None = None, block_size: int = 16,
-                 kv_cache_memory: int | None = None, num_blocks: int | None = None, max_num_seqs: int = 256,
-                 max_num_batched_tokens: int = 2048, enable_prefix_caching: bool = True,
-                 enable_chunked_prefill: bool = True, scheduling_policy: str = "fcfs",
-                 max_model_len: int | None = None, tokenizer: Any = None, aging: float = 0.0,
-                 kv_cache_dtype: str = "auto", async_scheduling: bool = False) -> None:
-        """kv_cache_dtype (vLLM's name): "auto" stores K/V in the model dtype; "int8" stores int8 codes
-        with one fp16 scale per (token, kv head) (common.quant.kv_int8_paged), ~half of bf16's bytes,
-        so the same kv_cache_memory holds ~2x the blocks.
-        async_scheduling (vLLM's name): `generate` schedules step t+1 while the model runs step t
-        (common.engine.overlap); outputs are the same, `step()` itself stays serial."""
-        check_policy(scheduling_policy)
-        if kv_cache_dtype not in KV_CACHE_DTYPES:
-            raise ValueError(f"kv_cache_dtype must be one of {KV_CACHE_DTYPES}, got {kv_cache_dtype!r}")
-        self.kv_cache_dtype = kv_cache_dtype
-        self.async_scheduling = async_scheduling
+    def __init__(self, model: str | Llama = "smollm2-135m", *, tokenizer: Any = None,
+                 config: EngineConfig | None = None, **overrides: Any) -> None:
+        """`overrides` are `EngineConfig` fields (block_size=8, kv_cache_dtype="int8", ...) applied on top
+        of `config` (default: EngineConfig()); `llm.engine_config` is the result. kv_cache_dtype (vLLM's
+        name): "auto" stores K/V in the model dtype; "int8" stores int8 codes with one fp16 scale per
+        (token, kv head) (common.quant.kv_int8_paged), ~half of bf16's bytes. async_scheduling (vLLM's
+        name): `generate` schedules step t+1 while the model runs step t (common.engine.overlap);
+        outputs are the same, `step()` itself stays serial."""
+        cfg = self.engine_config = EngineConfig.build(config, **overrides)
         if isinstance(model, Llama):
             self.model, self.model_name = model, None
         else:
             from ..models import load_model
-            self.model, self.model_name = load_model(model, dtype, device), model
+            self.model, self.model_name = load_model(model, parse_dtype(cfg.dtype), cfg.device), model
         fuse_for_serving(self.model)   # fused QKV / gate-up, oneDNN-prepacked on CPU bf16 (common.fused)
         self.tokenizer = tokenizer
         if self.tokenizer is None and self.model_name is not None:
@@ -64,23 +61,26 @@ class LLM:
         self.config = self.model.config
         self.device = pick_device(self.model.device)
         self.dtype = self.model.dtype
-        self.max_model_len = max_model_len or self.config.max_position_embeddings
-        store_cls = Int8PagedKVStore if kv_cache_dtype == "int8" else PagedKVStore
+        self.max_model_len = cfg.max_model_len or self.config.max_position_embeddings
+        self.block_size = cfg.block_size
+        self.async_scheduling = cfg.async_scheduling   # may be switched between generate() calls
+        int8 = cfg.kv_cache_dtype == "int8"
+        num_blocks = cfg.num_blocks
         if num_blocks is None:
-            num_blocks = store_cls.num_blocks_for_memory(
-                self.config, kv_cache_memory or DEFAULT_KV_CACHE_MEMORY, block_size, self.dtype)
+            store_cls = Int8PagedKVStore if int8 else PagedKVStore
+            num_blocks = store_cls.num_blocks_for_memory(self.config, cfg.kv_cache_bytes(self.device),
+                                                         cfg.block_size, self.dtype)
         if num_blocks < 1:
             raise ValueError(f"the KV cache must hold at least one block, got num_blocks={num_blocks}")
-        self.block_size = block_size
-        self.block_manager = BlockManager(num_blocks, block_size, enable_prefix_caching)
-        if kv_cache_dtype == "int8":
-            self.kv_store = Int8PagedKVStore(self.config, num_blocks, block_size, self.device)
+        self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
+        if int8:
+            self.kv_store = Int8PagedKVStore(self.config, num_blocks, cfg.block_size, self.device)
         else:
-            self.kv_store = HeadMajorKVStore(self.config, num_blocks, block_size, self.dtype, self.device)
-        self.scheduler = Scheduler(self.block_manager, max_num_seqs, max_num_batched_tokens,
-                                   enable_chunked_prefill, scheduling_policy, aging)
-        self.runner = ModelRunner(self.model, self.kv_store, self.block_manager.block_table)
+            self.kv_store = HeadMajorKVStore(self.config, num_blocks, cfg.block_size, self.dtype, self.device)
         self.eos_token_id = self.config.eos_token_id
+        self.scheduler = Scheduler(self.block_manager, cfg,
+                                   StopChecker(self.eos_token_id, self.max_model_len, self.tokenizer))
+        self.runner = ModelRunner(self.model, self.kv_store, self.block_manager.block_table)
         self.stats: list[StepStats] = []
         self._seq_ids = itertools.count()
         self._request_ids = itertools.count()
@@ -125,10 +125,10 @@ class LLM:
         if self.block_manager.blocks_needed(total) > self.num_blocks:
             raise ValueError(f"prompt + max_tokens = {total} tokens need {self.block_manager.blocks_needed(total)} "
                              f"KV blocks but the whole pool has {self.num_blocks}; raise num_blocks/kv_cache_memory")
-        sched = self.scheduler
-        if not sched.enable_chunked_prefill and total > sched.max_num_batched_tokens:
+        cfg = self.engine_config
+        if not cfg.enable_chunked_prefill and total > cfg.max_num_batched_tokens:
             raise ValueError(f"without chunked prefill a sequence of up to {total} tokens must fit "
-                             f"max_num_batched_tokens={sched.max_num_batched_tokens}")
+                             f"max_num_batched_tokens={cfg.max_num_batched_tokens}")
 
     def add_request(self, prompt: Any, params: SamplingParams | None = None, priority: int = 0,
                     request_id: str | None = None, arrival: float | None = None) -> str:
@@ -181,82 +181,42 @@ class LLM:
             raise RuntimeError("the scheduler found nothing to run although requests are waiting "
                                f"({len(self.scheduler.waiting)} waiting, {self.block_manager.num_free_blocks} "
                                "free blocks)")
-        self._apply_copies()
+        self.kv_store.copy_blocks(out.copies)
         t1 = time.perf_counter()
         meta = self.runner.prepare(out.scheduled, out.num_decode)
         t2 = time.perf_counter()
         logits = self.runner.execute(meta)
+        synchronize(self.device)   # on CUDA the forward is asynchronous: charge it to forward_s, not sample_s
         t3 = time.perf_counter()
-        for seq, n in out.scheduled:
-            seq.num_computed += n
-        self._mark_computed(out)   # before any finish frees blocks: a finished prompt stays cached (as in vLLM)
-        tokens = sample(logits, self._sampling_batch(meta.sample_seqs)).tolist() if meta.sample_seqs else []
-        now = time.perf_counter()
+        self.scheduler.update_computed(out)
         finished = []
-        for seq, token in zip(meta.sample_seqs, tokens):
-            seq.output_ids.append(token)
-            seq.token_times.append(now)
-            if self._check_stop(seq, token):
-                seq.finished_time = now
-                self.scheduler.finish(seq)
-                finished.append(seq)
-        t4 = time.perf_counter()
-        prefill = out.scheduled[out.num_decode:]
-        self.stats.append(StepStats(len(self.stats), start, out.num_decode, len(prefill), sum(n for _, n in prefill),
-                                    len(self.scheduler.running), len(self.scheduler.waiting),
-                                    self.block_manager.usage, len(out.preempted), len(tokens), out.schedule_s,
-                                    t2 - t1, t3 - t2, t4 - t3, tuple(s.seq_id for s, _ in out.scheduled)))
+        if meta.sample_seqs:
+            sampled = run_sampler(logits, self.sampling_batch(meta.sample_seqs))
+            finished = self.scheduler.postprocess(meta.sample_seqs, sampled.token_ids, sampled.logprobs)
+        self.record_step(out, start, len(meta.sample_seqs), prepare_s=t2 - t1, forward_s=t3 - t2,
+                         sample_s=time.perf_counter() - t3)
         return finished
 
-    def _apply_copies(self) -> None:
-        """The scheduler's pending copy-on-write block copies, applied to the KV store."""
-        if self.scheduler.copies:
-            self.kv_store.copy_blocks(self.scheduler.copies)
-            self.scheduler.copies.clear()
+    def sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
+        """The sampling settings of the sequences that sample this step, as tensors."""
+        return SamplingBatch.from_sequences(seqs, self.eos_token_id, self.config.vocab_size, self.device)
 
-    def _mark_computed(self, out: SchedulerOutput) -> None:
-        """Register the step's now-complete blocks in the prefix cache (no-op without prefix caching)."""
-        if self.block_manager.enable_prefix_caching:
-            for seq, _ in out.scheduled:
-                if seq.status is Status.RUNNING:
-                    self.block_manager.mark_computed(seq.seq_id, seq.tokens, seq.num_computed)
+    def record_step(self, out: SchedulerOutput, start: float, num_sampled: int, *, prepare_s: float,
+                    forward_s: float, sample_s: float) -> None:
+        """Append the step's `StepStats` (the serial loop and the overlap loop both call this)."""
+        prefill = out.scheduled[out.num_decode:]
+        self.stats.append(StepStats(
+            step=len(self.stats), start=start, num_decode=out.num_decode, num_prefill=len(prefill),
+            num_prefill_tokens=sum(n for _, n in prefill), num_running=len(self.scheduler.running),
+            num_waiting=len(self.scheduler.waiting), kv_usage=self.block_manager.usage,
+            num_preempted=len(out.preempted), num_sampled=num_sampled, schedule_s=out.schedule_s,
+            prepare_s=prepare_s, forward_s=forward_s, sample_s=sample_s,
+            seq_ids=tuple(s.seq_id for s, _ in out.scheduled)))
 
-    def _sampling_batch(self, seqs: list[Sequence]) -> SamplingBatch:
-        dev = self.device
-        banned = [self._banned(s) for s in seqs]
-        return SamplingBatch(torch.tensor([s.params.temperature for s in seqs], device=dev),
-                             torch.tensor([s.params.top_k for s in seqs], device=dev),
-                             torch.tensor([s.params.top_p for s in seqs], device=dev),
-                             [s.generator for s in seqs], banned)
-
-    def _banned(self, seq: Sequence) -> list[int]:
-        if len(seq.output_ids) >= seq.params.min_tokens:
-            return []
-        ids = list(seq.params.stop_token_ids)
-        if self.eos_token_id is not None and not seq.params.ignore_eos:
-            ids.append(self.eos_token_id)
-        return ids
-
-    def _check_stop(self, seq: Sequence, token: int) -> bool:
-        p = seq.params
-        if len(seq.output_ids) >= p.min_tokens:
-            if token == self.eos_token_id and not p.ignore_eos:
-                seq.finish_reason = "stop"
-                return True
-            if token in p.stop_token_ids:
-                seq.finish_reason, seq.stop_reason = "stop", token
-                return True
-            if p.stop_list and self.tokenizer is not None:
-                text = self.tokenizer.decode(seq.output_ids, skip_special_tokens=p.skip_special_tokens)
-                for stop in p.stop_list:
-                    if stop in text:
-                        seq.text = text[:text.index(stop)]
-                        seq.finish_reason, seq.stop_reason = "stop", stop
-                        return True
-        if len(seq.output_ids) >= seq.max_tokens or seq.num_tokens >= self.max_model_len:
-            seq.finish_reason = "length"
-            return True
-        return False
+    def reset_stats(self) -> None:
+        """Forget the step statistics and the prefix-cache counters (e.g. after a warm-up request)."""
+        self.stats.clear()
+        self.block_manager.reset_stats()
 
     def _finalize(self, request_id: str) -> RequestOutput:
         text, ids, seqs = self._requests.pop(request_id)

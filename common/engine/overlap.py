@@ -24,10 +24,9 @@ from dataclasses import dataclass
 import torch
 
 from .runner import BatchMetadata
-from .sampler import SamplingBatch, sample
+from .sampler import SamplerOutput, SamplingBatch, run_sampler
 from .scheduler import SchedulerOutput
 from .sequence import Sequence, Status
-from .stats import StepStats
 
 PLACEHOLDER = -1
 
@@ -52,11 +51,11 @@ class OverlapLoop:
                                        initializer=torch.set_num_threads, initargs=(threads,))
 
     @torch.inference_mode()
-    def _model_step(self, meta: BatchMetadata, batch: SamplingBatch | None) -> tuple[list[int], float]:
+    def _model_step(self, meta: BatchMetadata, batch: SamplingBatch | None) -> tuple[SamplerOutput, float]:
         t0 = time.perf_counter()
         logits = self.llm.runner.execute(meta)
-        tokens = sample(logits, batch).tolist() if batch is not None else []
-        return tokens, time.perf_counter() - t0
+        sampled = run_sampler(logits, batch) if batch is not None else SamplerOutput([], None)
+        return sampled, time.perf_counter() - t0
 
     def _schedule_and_prepare(self) -> tuple[SchedulerOutput, BatchMetadata, float] | None:
         if not self.llm.scheduler.has_unfinished():
@@ -71,14 +70,12 @@ class OverlapLoop:
     def _launch(self, out: SchedulerOutput, meta: BatchMetadata, prepare_s: float) -> InFlight:
         """Start the model on a prepared step, then do the step's bookkeeping that needs no tokens."""
         llm = self.llm
-        llm._apply_copies()               # copy-on-write: after the previous step's forward, before this one
+        llm.kv_store.copy_blocks(out.copies)   # copy-on-write: after the previous step's forward, before this one
         if (meta.input_ids == PLACEHOLDER).any():
             raise RuntimeError("a placeholder token reached the model: overlap bookkeeping is broken")
-        batch = llm._sampling_batch(meta.sample_seqs) if meta.sample_seqs else None
+        batch = llm.sampling_batch(meta.sample_seqs) if meta.sample_seqs else None
         future = self.pool.submit(self._model_step, meta, batch)
-        for seq, n in out.scheduled:
-            seq.num_computed += n
-        llm._mark_computed(out)
+        llm.scheduler.update_computed(out)
         pending = [s for s in meta.sample_seqs if s.status is Status.RUNNING]
         for seq in pending:
             seq.output_ids.append(PLACEHOLDER)
@@ -86,32 +83,24 @@ class OverlapLoop:
 
     def _commit(self, step: InFlight, following: tuple[SchedulerOutput, BatchMetadata, float] | None
                 ) -> list[Sequence]:
-        """Step t's tokens: fill the placeholders (in the sequences and in step t+1's inputs), check stops."""
-        tokens, forward_s = step.future.result()
-        now = time.perf_counter()
-        by_seq = dict(zip(step.meta.sample_seqs, tokens))
-        finished = []
+        """Step t's tokens: replace the placeholders (in the sequences, through the scheduler's own
+        postprocess, and in step t+1's inputs)."""
+        sampled, forward_s = step.future.result()
+        t0 = time.perf_counter()
+        row = {seq: i for i, seq in enumerate(step.meta.sample_seqs)}
+        rows = [row[seq] for seq in step.pending]
         for seq in step.pending:
-            token = by_seq[seq]
-            seq.output_ids[-1] = token
-            seq.token_times.append(now)
-            if self.llm._check_stop(seq, token):
-                seq.finished_time = now
-                self.llm.scheduler.finish(seq)
-                finished.append(seq)
+            seq.output_ids.pop()                   # the placeholder; postprocess appends the real token
+        finished = self.llm.scheduler.postprocess(
+            step.pending, [sampled.token_ids[i] for i in rows],
+            None if sampled.logprobs is None else [sampled.logprobs[i] for i in rows])
         if following is not None:   # decode rows come first, one token each, in scheduled order
             out, meta, _ = following
             ids = meta.input_ids[0, :meta.num_decode]
-            for row in (ids == PLACEHOLDER).nonzero().flatten().tolist():
-                ids[row] = out.scheduled[row][0].output_ids[-1]
-        out = step.out
-        prefill = out.scheduled[out.num_decode:]
-        sched = self.llm.scheduler
-        self.llm.stats.append(StepStats(
-            len(self.llm.stats), step.launched, out.num_decode, len(prefill), sum(n for _, n in prefill),
-            len(sched.running), len(sched.waiting), self.llm.block_manager.usage, len(out.preempted),
-            len(tokens), out.schedule_s, step.prepare_s, forward_s, time.perf_counter() - now,
-            tuple(s.seq_id for s, _ in out.scheduled)))
+            for r in (ids == PLACEHOLDER).nonzero().flatten().tolist():
+                ids[r] = out.scheduled[r][0].output_ids[-1]
+        self.llm.record_step(step.out, step.launched, len(sampled.token_ids), prepare_s=step.prepare_s,
+                             forward_s=forward_s, sample_s=time.perf_counter() - t0)
         return finished
 
     def run(self, on_finished=lambda seq: None) -> None:

@@ -3,8 +3,12 @@ of their tokens, under a token budget (max_num_batched_tokens), a sequence cap (
 and the KV blocks the block manager has left.
 
 Order inside a step: running decodes first (one token each), then running chunked prefills,
-then new admissions from the waiting queue. When a running sequence needs a block and none is
-free, a victim is preempted by recompute (its blocks freed, its tokens requeued at the front).
+then new admissions from the waiting queue, each charged only for the tokens the prefix cache
+does not already hold. When a running sequence needs a block and none is free, a victim is
+preempted by recompute (its blocks freed, its tokens requeued at the front).
+
+After the forward the engine hands the sampled tokens back: `update_computed` then `postprocess`
+(append, stop checks, finish), the same calls in the serial loop and under overlap scheduling.
 
 The small pure functions at the top (`policy_key`, `chunk_tokens`, `pick_victim`, `admit`) are
 the pieces lab 7 asks readers to write.
@@ -16,9 +20,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from .config import SCHEDULING_POLICIES as POLICIES
+from .config import EngineConfig
 from .sequence import Sequence, Status
-
-POLICIES = ("fcfs", "priority", "sjf")
+from .stop import StopChecker
 
 
 def check_policy(policy: str) -> str:
@@ -58,17 +63,19 @@ def pick_victim(running: Iterable[Sequence]) -> Sequence:
 
 
 def admit(waiting: list[Sequence], budget: int, free_seq_slots: int, enable_chunked_prefill: bool,
+          num_cached: Callable[[Sequence], int],
           try_allocate: Callable[[Sequence], bool]) -> list[tuple[Sequence, int]]:
     """Admit waiting sequences in order while the token budget, the sequence slots and the KV
     blocks last; stop at the first that does not fit (no overtaking, so nothing starves).
-    `try_allocate(seq)` reserves the blocks of all the sequence's tokens and returns True, or
-    returns False (reserving nothing) when they do not fit. Returns (sequence, tokens scheduled
-    this step) pairs."""
+    A sequence is charged only for the tokens left after its prefix-cache hits: `num_cached(seq)`
+    (fewer than seq.num_tokens). `try_allocate(seq)` reserves the blocks of all the sequence's
+    tokens and returns True, or returns False (reserving nothing) when they do not fit. Returns
+    (sequence, tokens scheduled this step) pairs."""
     admitted: list[tuple[Sequence, int]] = []
     for seq in waiting:
         if free_seq_slots <= 0 or budget <= 0:
             break
-        n = chunk_tokens(seq.num_remaining, budget, enable_chunked_prefill)
+        n = chunk_tokens(seq.num_tokens - num_cached(seq), budget, enable_chunked_prefill)
         if n == 0 or not try_allocate(seq):
             break
         admitted.append((seq, n))
@@ -81,6 +88,7 @@ def admit(waiting: list[Sequence], budget: int, free_seq_slots: int, enable_chun
 class SchedulerOutput:
     scheduled: list[tuple[Sequence, int]]          # decodes first, then prefills
     preempted: list[Sequence] = field(default_factory=list)
+    copies: list[tuple[int, int]] = field(default_factory=list)   # copy-on-write (src, dst) blocks, apply first
     num_decode: int = 0
     schedule_s: float = 0.0
 
@@ -90,21 +98,17 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, block_manager, max_num_seqs: int, max_num_batched_tokens: int,
-                 enable_chunked_prefill: bool = True, policy: str = "fcfs", aging: float = 0.0) -> None:
-        if max_num_seqs < 1 or max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be >= 1")
+    def __init__(self, block_manager, config: EngineConfig, stop_checker: StopChecker) -> None:
         self.bm = block_manager
-        self.max_num_seqs = max_num_seqs
-        self.max_num_batched_tokens = max_num_batched_tokens
-        self.enable_chunked_prefill = enable_chunked_prefill
-        self.policy = check_policy(policy)
-        self.aging = aging
+        self.max_num_seqs = config.max_num_seqs
+        self.max_num_batched_tokens = config.max_num_batched_tokens
+        self.enable_chunked_prefill = config.enable_chunked_prefill
+        self.policy = check_policy(config.scheduling_policy)
+        self.aging = config.aging
+        self.stop_checker = stop_checker
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
-        self.copies: list[tuple[int, int]] = []   # copy-on-write block copies for the KV store
-        self._cached: dict[Sequence, int] = {}
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -124,10 +128,16 @@ class Scheduler:
         self.running.remove(seq)
         self.waiting.appendleft(seq)
 
+    def _num_cached(self, seq: Sequence) -> int:
+        return self.bm.num_cached_tokens(seq.tokens)
+
     def _try_allocate(self, seq: Sequence) -> bool:
         if not self.bm.can_allocate(seq.tokens):
             return False
-        self._cached[seq] = self.bm.allocate(seq.seq_id, seq.tokens)
+        cached = self.bm.allocate(seq.seq_id, seq.tokens)
+        if seq.num_preemptions == 0 and seq.first_scheduled is None:
+            seq.num_cached = cached
+        seq.num_computed = cached
         return True
 
     def schedule(self) -> SchedulerOutput:
@@ -139,6 +149,7 @@ class Scheduler:
         prefills = [s for s in self.running if s.is_prefill]
         scheduled: dict[Sequence, int] = {}
         preempted: list[Sequence] = []
+        copies: list[tuple[int, int]] = []
         for seq in decodes + prefills:
             if seq.status is not Status.RUNNING or budget <= 0:
                 continue
@@ -156,32 +167,46 @@ class Scheduler:
             if seq.status is not Status.RUNNING:
                 continue
             if grow:
-                self.copies.extend(self.bm.append_slots(seq.seq_id, seq.num_computed + n))
+                copies.extend(self.bm.append_slots(seq.seq_id, seq.num_computed + n))
             scheduled[seq] = n
             budget -= n
         if not preempted:  # vLLM's rule too: no admissions in a step that had to preempt
             if self.policy != "fcfs":
                 self.waiting = deque(sorted(self.waiting, key=self._key(now)))
-            for seq, _ in admit(list(self.waiting), budget, self.max_num_seqs - len(self.running),
-                                self.enable_chunked_prefill, self._try_allocate):
+            for seq, n in admit(list(self.waiting), budget, self.max_num_seqs - len(self.running),
+                                self.enable_chunked_prefill, self._num_cached, self._try_allocate):
                 self.waiting.remove(seq)
-                cached = self._cached.pop(seq)
-                if seq.num_preemptions == 0 and seq.first_scheduled is None:
-                    seq.num_cached = cached
-                seq.num_computed = min(cached, seq.num_tokens - 1)
-                n = chunk_tokens(seq.num_remaining, budget, self.enable_chunked_prefill)
-                if n == 0:  # cannot happen after admit(), kept as a guard against silent stalls
-                    raise RuntimeError("admitted a sequence with nothing to schedule")
                 seq.status = Status.RUNNING
                 seq.first_scheduled = seq.first_scheduled or now
                 self.running.append(seq)
                 scheduled[seq] = n
                 budget -= n
         order = [s for s in scheduled if not s.is_prefill] + [s for s in scheduled if s.is_prefill]
-        out = SchedulerOutput([(s, scheduled[s]) for s in order], preempted,
-                              sum(1 for s in scheduled if not s.is_prefill))
-        out.schedule_s = time.perf_counter() - t0
-        return out
+        return SchedulerOutput([(s, scheduled[s]) for s in order], preempted, copies,
+                               num_decode=sum(1 for s in scheduled if not s.is_prefill),
+                               schedule_s=time.perf_counter() - t0)
+
+    def update_computed(self, out: SchedulerOutput) -> None:
+        """After the step's forward: its tokens' K/V are in the cache. Registers the newly full
+        blocks in the prefix cache before any finish frees them (a finished prompt stays cached)."""
+        for seq, n in out.scheduled:
+            seq.num_computed += n
+            if seq.status is Status.RUNNING:
+                self.bm.mark_computed(seq.seq_id, seq.tokens, seq.num_computed)
+
+    def postprocess(self, seqs: list[Sequence], token_ids: list[int],
+                    logprobs: list[dict[int, float] | None] | None = None) -> list[Sequence]:
+        """Append each sequence's sampled token (and its logprobs), check its stops, finish the
+        done ones and free their blocks. Returns the sequences that finished."""
+        now = time.perf_counter()
+        finished = []
+        for i, (seq, token) in enumerate(zip(seqs, token_ids, strict=True)):
+            seq.append_token(token, now, logprobs[i] if logprobs is not None else None)
+            if self.stop_checker.check(seq):
+                seq.finished_time = now
+                self.finish(seq)
+                finished.append(seq)
+        return finished
 
     def finish(self, seq: Sequence) -> None:
         """Retire a sequence, running or waiting (e.g. preempted while its last token was computed

@@ -42,6 +42,17 @@ class Sequence:
     finished_time: float | None = None
     generator: torch.Generator | None = None
     text: str = ""
+    logprobs: list[dict[int, float]] | None = None   # per output token (params.logprobs set): id -> logprob
+
+    def __post_init__(self) -> None:
+        if self.params.logprobs is not None and self.logprobs is None:
+            self.logprobs = []
+
+    def append_token(self, token: int, now: float, logprobs: dict[int, float] | None = None) -> None:
+        self.output_ids.append(token)
+        self.token_times.append(now)
+        if self.logprobs is not None:
+            self.logprobs.append(logprobs or {})
 
     @property
     def tokens(self) -> list[int]:
@@ -102,6 +113,7 @@ class CompletionOutput:
     stop_reason: int | str | None = None
     metrics: RequestMetrics | None = None
     num_preemptions: int = 0
+    logprobs: list[dict[int, float]] | None = None   # per token: id -> raw logprob, the sampled id included
 
 
 @dataclass
@@ -123,4 +135,5 @@ def completion_of(seq: Sequence) -> CompletionOutput:
     metrics = RequestMetrics(seq.arrival, seq.first_scheduled, seq.token_times[0] if seq.token_times else None,
                              list(seq.token_times), seq.finished_time)
     return CompletionOutput(seq.index, seq.text, list(seq.output_ids), seq.finish_reason, seq.stop_reason,
-                            metrics, seq.num_preemptions)
+                            metrics, seq.num_preemptions,
+                            None if seq.logprobs is None else [dict(d) for d in seq.logprobs])

@@ -2,25 +2,25 @@
 Notebooks plot these; the chapter 10 server exports them."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepStats:
     step: int
     start: float                 # perf_counter at the start of the step
     num_decode: int              # sequences decoding one token
     num_prefill: int             # sequences running a (chunk of a) prefill
     num_prefill_tokens: int
-    num_running: int             # after scheduling
+    num_running: int             # after the step
     num_waiting: int
-    kv_usage: float              # fraction of KV blocks in use after scheduling
+    kv_usage: float              # fraction of KV blocks in use after the step
     num_preempted: int
     num_sampled: int
     schedule_s: float            # CPU: scheduling
     prepare_s: float             # CPU: building the batch tensors
-    forward_s: float             # model forward (+ LM head)
-    sample_s: float              # sampling + bookkeeping
+    forward_s: float             # model forward (+ LM head + sampling under overlap scheduling)
+    sample_s: float              # sampling + bookkeeping (serial); bookkeeping only (overlap)
     seq_ids: tuple[int, ...] = ()
 
     @property
@@ -30,8 +30,3 @@ class StepStats:
     @property
     def duration_s(self) -> float:
         return self.schedule_s + self.prepare_s + self.forward_s + self.sample_s
-
-    def as_dict(self) -> dict:
-        row = asdict(self)
-        row.update(num_tokens=self.num_tokens, duration_s=self.duration_s)
-        return row

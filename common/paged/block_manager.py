@@ -7,12 +7,13 @@ stay shared (the book copies the whole shared prefix on fork; vLLM, like this cl
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 from .block_allocator import BlockAllocator, NoFreeBlocksError
 from .block_ops import append_slots, fork_table
-from .prefix_cache import PrefixCache, block_hash, chain_hashes, ROOT_HASH
+from .block_hash import ROOT_HASH, chain_hashes, hash_block
+from .prefix_cache import ROOT_SERIAL, PrefixCache
 
 
 @dataclass
@@ -27,6 +28,14 @@ class PrefixCacheStats:
         return self.hits / self.queries if self.queries else 0.0
 
 
+@dataclass
+class _Chain:
+    """A sequence's place in the prefix cache: the keys of its computed full blocks and the serial
+    its next block chains to (None once a collision broke the chain: later blocks stay uncached)."""
+    keys: list[bytes] = field(default_factory=list)
+    serial: int | None = ROOT_SERIAL
+
+
 class BlockManager:
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
         if block_size <= 0:
@@ -38,8 +47,10 @@ class BlockManager:
         self.stats = PrefixCacheStats()
         self._tables: dict[object, list[int]] = {}
         self._num_tokens: dict[object, int] = {}
-        self._hashes: dict[object, list[int]] = {}  # chained hashes of the seq's computed full blocks
-        self.pending_copies: list[tuple[int, int]] = []
+        self._chains: dict[object, _Chain] = {}
+
+    def reset_stats(self) -> None:
+        self.stats = PrefixCacheStats()
 
     # ---- capacity -------------------------------------------------------------------------
     @property
@@ -65,14 +76,19 @@ class BlockManager:
             self.prefix_cache.evict_one()
         return self.allocator.allocate()
 
-    def _cache_hits(self, token_ids: Sequence[int]) -> tuple[list[int], list[int]]:
-        """(hashes, blocks) of the cached full-block prefix, leaving at least one token to compute."""
+    def _cache_hits(self, token_ids: Sequence[int]) -> tuple[list[bytes], list[int]]:
+        """(keys, blocks) of the cached full-block prefix, leaving at least one token to compute."""
         if not self.enable_prefix_caching or len(token_ids) == 0:
             return [], []
-        usable = (len(token_ids) - 1) // self.block_size
-        hashes = chain_hashes(token_ids[:usable * self.block_size], self.block_size)
-        blocks = self.prefix_cache.lookup(hashes)
-        return hashes[:len(blocks)], blocks
+        bs = self.block_size
+        usable = (len(token_ids) - 1) // bs
+        keys = chain_hashes(token_ids[:usable * bs], bs)
+        blocks = self.prefix_cache.lookup(keys, [token_ids[i * bs:(i + 1) * bs] for i in range(usable)])
+        return keys[:len(blocks)], blocks
+
+    def num_cached_tokens(self, token_ids: Sequence[int]) -> int:
+        """Prompt tokens the prefix cache would serve right now (always fewer than the prompt)."""
+        return len(self._cache_hits(token_ids)[1]) * self.block_size
 
     # ---- sequences ------------------------------------------------------------------------
     def can_allocate(self, token_ids: Sequence[int]) -> bool:
@@ -90,12 +106,13 @@ class BlockManager:
         if not self.can_allocate(token_ids):
             raise NoFreeBlocksError(f"{self.blocks_needed(len(token_ids))} blocks needed, "
                                     f"{self.num_free_blocks} free")
-        hashes, hit = self._cache_hits(token_ids)
+        keys, hit = self._cache_hits(token_ids)
         for block in hit:
             self.prefix_cache.acquire(block)
         table = list(hit)
         table += [self._new_block() for _ in range(self.blocks_needed(len(token_ids)) - len(hit))]
-        self._tables[seq_id], self._num_tokens[seq_id], self._hashes[seq_id] = table, len(token_ids), hashes
+        self._tables[seq_id], self._num_tokens[seq_id] = table, len(token_ids)
+        self._chains[seq_id] = _Chain(keys, self.prefix_cache.serial(hit[-1]) if hit else ROOT_SERIAL)
         num_cached = len(hit) * self.block_size
         if self.enable_prefix_caching:
             self.stats.requests += 1
@@ -120,8 +137,7 @@ class BlockManager:
 
     def append_slots(self, seq_id: object, num_tokens_after: int) -> list[tuple[int, int]]:
         """Grow the table to hold `num_tokens_after` tokens. Returns the (src, dst) block copies
-        (copy-on-write of a shared last partial block) the caller must apply to the KV store;
-        they are also appended to `pending_copies`."""
+        (copy-on-write of a shared last partial block) the caller must apply to the KV store."""
         table = self._tables[self._known(seq_id)]
         if num_tokens_after < self._num_tokens[seq_id]:
             raise ValueError(f"sequence {seq_id!r} has {self._num_tokens[seq_id]} tokens; cannot shrink "
@@ -131,22 +147,23 @@ class BlockManager:
         copies = append_slots(self.allocator, table, self._num_tokens[seq_id], num_tokens_after, self.block_size,
                               users=self._users, allocate=self._new_block, release=self.prefix_cache.release)
         self._num_tokens[seq_id] = num_tokens_after
-        self.pending_copies.extend(copies)
         return copies
 
     def mark_computed(self, seq_id: object, token_ids: Sequence[int], num_computed_tokens: int) -> None:
         """Register the sequence's newly full, computed blocks in the prefix cache."""
         if not self.enable_prefix_caching:
             return
-        table, hashes = self._tables[self._known(seq_id)], self._hashes[seq_id]
+        table, chain = self._tables[self._known(seq_id)], self._chains[seq_id]
         if num_computed_tokens > min(len(token_ids), self._num_tokens[seq_id]):
             raise ValueError(f"{num_computed_tokens} computed tokens but the sequence holds "
                              f"{min(len(token_ids), self._num_tokens[seq_id])}")
-        parent = hashes[-1] if hashes else ROOT_HASH
-        for i in range(len(hashes), num_computed_tokens // self.block_size):
-            parent = block_hash(parent, token_ids[i * self.block_size:(i + 1) * self.block_size])
-            hashes.append(parent)
-            self.prefix_cache.register(parent, table[i])  # False: an equal block is cached already
+        bs = self.block_size
+        for i in range(len(chain.keys), num_computed_tokens // bs):
+            if chain.serial is None:
+                return
+            tokens = token_ids[i * bs:(i + 1) * bs]
+            chain.keys.append(hash_block(chain.keys[-1] if chain.keys else ROOT_HASH, tokens))
+            chain.serial = self.prefix_cache.register(chain.keys[-1], table[i], tokens, chain.serial)
 
     def fork(self, parent_id: object, child_id: object) -> None:
         """The child shares every block of the parent (n>1 sampling, beam search)."""
@@ -154,12 +171,13 @@ class BlockManager:
             raise ValueError(f"sequence {child_id!r} already exists")
         self._tables[child_id] = fork_table(self.allocator, self._tables[self._known(parent_id)])
         self._num_tokens[child_id] = self._num_tokens[parent_id]
-        self._hashes[child_id] = list(self._hashes[parent_id])
+        parent = self._chains[parent_id]
+        self._chains[child_id] = _Chain(list(parent.keys), parent.serial)
 
     def free(self, seq_id: object) -> None:
         """Release a finished sequence; cached blocks become evictable, tail blocks first."""
         table = self._tables.pop(self._known(seq_id))
-        del self._num_tokens[seq_id], self._hashes[seq_id]
+        del self._num_tokens[seq_id], self._chains[seq_id]
         for block in reversed(table):
             self.prefix_cache.release(block)
 

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from typing import Callable
 
-from ..engine.llm import DEFAULT_KV_CACHE_MEMORY
-from .guards import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, parse_origins, resolve_api_key
+from ..engine.config import EngineConfig
+from .guards import API_KEY_ALIAS_ENV, API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, api_key_source, parse_origins
+
+FAULT_ENV = "COMMON_SERVE_FAIL_AT_STEP"
+EXIT_ENGINE_FAILED = 3
 
 
 def trained_positions(model: str) -> int:
@@ -28,22 +33,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--served-model-name", default=None, help="the `model` clients send (default: --model)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--max-num-seqs", type=int, default=256)
-    p.add_argument("--max-num-batched-tokens", type=int, default=2048)
-    p.add_argument("--max-model-len", type=int, default=None,
-                   help="context length (default and maximum: the model's max_position_embeddings)")
-    p.add_argument("--block-size", type=int, default=16)
-    p.add_argument("--kv-cache-memory", type=int, default=DEFAULT_KV_CACHE_MEMORY, help="bytes of KV cache")
-    p.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction, default=True)
+    EngineConfig.add_cli_args(p)     # --dtype, --max-num-seqs, --block-size, ... (vLLM's names and our defaults)
     p.add_argument("--max-queue", type=int, default=512,
                    help="requests in flight (waiting + running) beyond which new ones get 429")
     p.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES,
                    help="larger request bodies get 413 without being read (default: 1 MiB)")
     p.add_argument("--api-key", default=None,
-                   help=f"require `Authorization: Bearer <key>` on /v1/* (default: ${API_KEY_ENV}, else no auth); "
-                        "/health and /metrics stay open")
+                   help=f"require `Authorization: Bearer <key>` on /v1/* (default: ${API_KEY_ENV}, else "
+                        f"${API_KEY_ALIAS_ENV}, else no auth); /health and /metrics stay open")
     p.add_argument("--allowed-origins", default="",
                    help="comma-separated origins browsers may call the API from (CORS; default: none)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
@@ -65,29 +62,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--max-model-len {args.max_model_len} exceeds the {trained} positions {args.model} was "
                     f"trained with (max_position_embeddings); RoPE would extrapolate beyond them. "
                     f"Use --max-model-len {trained} or less.")
-    args.api_key = resolve_api_key(args.api_key)
+    try:
+        EngineConfig.from_cli_args(args)            # engine settings checked before any weight is loaded
+    except ValueError as e:
+        p.error(str(e))
+    args.api_key, args.api_key_source = api_key_source(args.api_key)
     args.allowed_origins = parse_origins(args.allowed_origins)
     return args
 
 
-def build(args: argparse.Namespace):
-    """The LLM (warmed up), its AsyncEngine with metrics, and the app."""
+def fault_step() -> int | None:
+    """Fault injection for tests: COMMON_SERVE_FAIL_AT_STEP=N makes the engine's N-th step raise."""
+    value = os.environ.get(FAULT_ENV)
+    return int(value) if value else None
+
+
+def build(args: argparse.Namespace, on_crash: Callable[[BaseException], None] | None = None):
+    """The LLM (warmed up), its AsyncEngine with metrics, and the app. `on_crash` runs once a step
+    raised and every in-flight request got its error."""
     from ..engine import LLM, SamplingParams
-    from ..paged.block_manager import PrefixCacheStats
     from .app import create_app
     from .async_engine import AsyncEngine
     from .metrics import EngineMetrics
 
-    llm = LLM(args.model, dtype=args.dtype, device=args.device, block_size=args.block_size,
-              kv_cache_memory=args.kv_cache_memory, max_num_seqs=args.max_num_seqs,
-              max_num_batched_tokens=args.max_num_batched_tokens, enable_prefix_caching=args.enable_prefix_caching,
-              max_model_len=args.max_model_len)
+    llm = LLM(args.model, config=EngineConfig.from_cli_args(args))
     # one tiny request so the first client does not pay for lazy initialisation; then clean counters
     llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)
-    llm.stats.clear()
-    llm.block_manager.stats = PrefixCacheStats()
+    llm.reset_stats()
     name = args.served_model_name or args.model
-    engine = AsyncEngine(llm, EngineMetrics(name))
+    engine = AsyncEngine(llm, EngineMetrics(name), fail_at_step=fault_step(), on_crash=on_crash)
     return create_app(engine, name, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
                       api_key=args.api_key, allowed_origins=args.allowed_origins)
 
@@ -97,10 +100,25 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = build(args)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                timeout_graceful_shutdown=args.shutdown_timeout, access_log=False)
-    return 0
+    failures: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_crash(error: BaseException) -> None:
+        """A dead engine answers nothing: drain what got its error, then exit non-zero so a supervisor
+        (k8s, compose's restart policy) starts a fresh process, as vLLM does."""
+        failures.append(error)
+        logging.getLogger("common.serve").error("engine failed (%r): shutting down, exit code %d",
+                                                error, EXIT_ENGINE_FAILED)
+        if server is not None:
+            server.should_exit = True
+
+    if args.api_key:     # say where the key came from: $OPENAI_API_KEY may have been set for a client
+        logging.getLogger("common.serve").warning("auth on: /v1 requires the key from %s", args.api_key_source)
+    app = build(args, on_crash)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level=args.log_level,
+                                           timeout_graceful_shutdown=args.shutdown_timeout, access_log=False))
+    server.run()
+    return EXIT_ENGINE_FAILED if failures else 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Each step the engine (common/engine/scheduler.py) asks four questions; you answer them here.
 Sequences are `common.engine.sequence.Sequence` objects; the fields you need:
     seq.arrival (float, smaller = earlier), seq.priority (int, smaller = more urgent),
-    seq.num_remaining (tokens still to compute), seq.job_size (prompt + max_tokens).
+    seq.num_remaining (tokens still to compute), seq.num_tokens (prompt + outputs so far),
+    seq.job_size (prompt + max_tokens).
 Run `make lab-7` to grade this file.
 """
 from __future__ import annotations
@@ -41,11 +42,13 @@ def pick_victim(running: Iterable):
 
 
 def admit(waiting: list, budget: int, free_seq_slots: int, enable_chunked_prefill: bool,
-          try_allocate: Callable) -> list[tuple]:
+          num_cached: Callable, try_allocate: Callable) -> list[tuple]:
     """Admit sequences from the front of `waiting` (already sorted) for this step.
 
-    For each sequence in order: stop if no sequence slot or no token budget is left; compute
-    n = chunk_tokens(seq.num_remaining, budget, enable_chunked_prefill); stop if n == 0; stop
+    For each sequence in order: stop if no sequence slot or no token budget is left; the tokens
+    it still needs are seq.num_tokens - num_cached(seq) (the prefix cache already holds the first
+    num_cached(seq) tokens: charge the budget only for the rest); compute
+    n = chunk_tokens(those tokens, budget, enable_chunked_prefill); stop if n == 0; stop
     if try_allocate(seq) returns False (it reserves the KV blocks when it returns True).
     Otherwise record (seq, n), spend n tokens of the budget and one slot.
     Never skip a sequence that does not fit to admit a later one (that would starve it).

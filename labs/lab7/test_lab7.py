@@ -68,11 +68,12 @@ def test_pick_victim_is_least_urgent_latest(impl, rnd):
         impl.pick_victim([])
 
 
-def _oracle_admit(waiting, budget, slots, chunked, free_blocks, block_size):
-    """Brute force: walk the queue, stop at the first misfit."""
+def _oracle_admit(waiting, budget, slots, chunked, free_blocks, block_size, cached):
+    """Brute force: walk the queue, stop at the first misfit; only uncached tokens cost budget."""
     out = []
     for s in waiting:
-        n = min(s.num_remaining, budget) if (chunked or s.num_remaining <= budget) else 0
+        todo = s.num_tokens - cached[s.seq_id]
+        n = min(todo, budget) if (chunked or todo <= budget) else 0
         need = -(-s.num_tokens // block_size)
         if slots == 0 or budget == 0 or n == 0 or need > free_blocks:
             break
@@ -87,6 +88,7 @@ def test_admit_respects_all_three_budgets(impl, rnd, chunked):
         waiting = _seqs(rnd, rnd.randint(0, 10))
         budget, slots, blocks, bs = rnd.randint(1, 150), rnd.randint(0, 6), rnd.randint(0, 30), 8
         pool = {"free": blocks, "calls": []}
+        cached = {s.seq_id: bs * rnd.randint(0, (s.num_tokens - 1) // bs) for s in waiting}   # prefix hits
 
         def try_allocate(seq):
             need = -(-seq.num_tokens // bs)
@@ -96,8 +98,8 @@ def test_admit_respects_all_three_budgets(impl, rnd, chunked):
             pool["calls"].append(seq.seq_id)
             return True
 
-        got = impl.admit(waiting, budget, slots, chunked, try_allocate)
-        expected = _oracle_admit(waiting, budget, slots, chunked, blocks, bs)
+        got = impl.admit(waiting, budget, slots, chunked, lambda s: cached[s.seq_id], try_allocate)
+        expected = _oracle_admit(waiting, budget, slots, chunked, blocks, bs, cached)
         assert [(s.seq_id, n) for s, n in got] == expected
         assert pool["calls"] == [sid for sid, _ in expected]   # blocks reserved exactly for the admitted
 
