@@ -298,12 +298,51 @@ def test_ingress_keeps_openai_paths_and_book_rewrite_breaks_them():
     for route in ("/v1/chat/completions", "/v1/completions", "/v1/models"):
         assert ingress_nginx_upstream_uri(ingresses["llm-server"], route) == route
         assert ingress_nginx_upstream_uri(ingresses["vllm"], "/vllm" + route) == route
-    assert ingress_nginx_upstream_uri(ingresses["vllm"], "/vllm") == "/"
+    assert ingress_nginx_upstream_uri(ingresses["vllm"], "/vllm/v1") == "/v1"
     # 勘误: the book's Ingress sends every request to "/", which no OpenAI route serves
     (book,) = by_kind(load_docs(BOOK / "ingress_004.yaml"), "Ingress").values()
     kubernetes_validate.validate(book, K8S_VERSION, strict=True)       # schema-valid, yet broken
     assert ingress_nginx_upstream_uri(book, "/v1/chat/completions") == "/"
     assert "/" not in OPENAI_ROUTES
+
+
+INTERNAL_ROUTES = ("/metrics", "/health", "/docs", "/openapi.json")
+
+
+def test_ingress_exposes_only_the_api_not_metrics():
+    """Prometheus scrapes pods inside the cluster; from outside, /metrics (queue depths, request counts,
+    model names) and the docs must not be reachable through either Ingress (it has no auth of its own)."""
+    ingresses = by_kind(k8s_objects(), "Ingress")
+    for route in INTERNAL_ROUTES:
+        assert ingress_nginx_upstream_uri(ingresses["llm-server"], route) is None, route
+        assert ingress_nginx_upstream_uri(ingresses["vllm"], "/vllm" + route) is None, route
+    assert ingress_nginx_upstream_uri(ingresses["vllm"], "/vllm/v1metrics") is None
+
+
+def _flag(args: list[str], name: str, default: float) -> float:
+    return float(args[args.index(name) + 1]) if name in args else default
+
+
+def test_shutdown_timing_agrees():
+    """k8s: preStop sleep, then SIGTERM; uvicorn drains for --shutdown-timeout; SIGKILL at the grace period.
+    grace > preStop + shutdown timeout, or the kubelet kills streams uvicorn is still draining; and the
+    preStop sleep must cover endpoint removal (a few seconds) so no new request arrives after SIGTERM."""
+    from common.serve.__main__ import parse_args
+    default_timeout = parse_args([]).shutdown_timeout
+    deployment = by_kind(k8s_objects(), "Deployment")["llm-server"]
+    pod = deployment["spec"]["template"]["spec"]
+    (server,) = [c for c in pod["containers"] if c["name"] == "server"]
+    pre_stop = server["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep", pre_stop
+    sleep_s = float(pre_stop[1])
+    shutdown_s = _flag(server["args"], "--shutdown-timeout", default_timeout)
+    grace_s = pod["terminationGracePeriodSeconds"]
+    assert sleep_s >= 5, "preStop must outlast the endpoint removal (kube-proxy / ingress resync)"
+    assert grace_s > sleep_s + shutdown_s, (grace_s, sleep_s, shutdown_s)
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())["services"]["llm"]
+    stop_grace = compose.get("stop_grace_period", "10s")
+    compose_shutdown = _flag(compose["command"], "--shutdown-timeout", default_timeout)
+    assert float(stop_grace.rstrip("s")) > compose_shutdown, (stop_grace, compose_shutdown)
 
 
 def test_book_k8s_yaml_is_not_valid_yaml():

@@ -116,13 +116,13 @@ def _bad_requests(model: str) -> list[tuple[str, str | bytes | dict, str | None]
         ("completions", {**ok, "min_tokens": 9}, "min_tokens"),
         ("completions", {**ok, "stop": [""]}, "stop"),
         ("completions", {**ok, "stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ("completions", {**ok, "logprobs": 2}, "logprobs"),
+        ("completions", {**ok, "logprobs": 21}, "logprobs"),
         ("completions", b"{\"model\": \"" + model.encode() + b"\", \"prompt\": \"\xff\xfe\"}", None),
         ("completions", {**ok, "n": 2, "stream": True}, "n"),
         ("chat/completions", {**chat, "messages": "hi"}, "messages"),
         ("chat/completions", {**chat, "messages": [{"role": "wizard", "content": "x"}]}, "messages"),
         ("chat/completions", {**chat, "max_completion_tokens": 4096}, "max_completion_tokens"),
-        ("chat/completions", {**chat, "logprobs": True, "top_logprobs": 2}, "logprobs"),
+        ("chat/completions", {**chat, "top_logprobs": 2}, "top_logprobs"),
     ]
 
 

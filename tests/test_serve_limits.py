@@ -18,7 +18,7 @@ from common.models import load_config, load_model, load_tokenizer
 from common.serve.__main__ import parse_args
 from common.serve.app import Impl, create_app, make_limits
 from common.serve.async_engine import AsyncEngine
-from common.serve.guards import API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, read_body
+from common.serve.guards import API_KEY_ALIAS_ENV, API_KEY_ENV, DEFAULT_MAX_BODY_BYTES, read_body
 from common.serve.metrics import EngineMetrics
 from common.serve.protocol import ChatCompletionRequest, CompletionRequest
 from common.serve.validation import APIError, validate_request
@@ -139,18 +139,24 @@ def test_openai_client_with_and_without_the_key(guarded):
     with pytest.raises(openai.AuthenticationError):
         client("wrong").models.list()
     with pytest.raises(openai.BadRequestError) as e:
-        good.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], logprobs=True)
-    assert e.value.body["param"] == "logprobs"
+        good.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}],
+                                     response_format={"type": "json_object"})
+    assert e.value.body["param"] == "response_format"
 
 
 def test_no_key_no_auth_by_default(plain, monkeypatch):
     assert plain.get("/v1/models").status_code == 200
     monkeypatch.delenv(API_KEY_ENV, raising=False)
-    monkeypatch.setenv("OPENAI_API_KEY", "a client's key")      # a client-side variable must not turn auth on
+    monkeypatch.delenv(API_KEY_ALIAS_ENV, raising=False)
     assert parse_args(["--model", "tiny"]).api_key is None
-    monkeypatch.setenv(API_KEY_ENV, "from-env")
+    monkeypatch.setenv(API_KEY_ALIAS_ENV, "alias")                # OPENAI_API_KEY, as the issue asks
+    assert (parse_args(["--model", "tiny"]).api_key, parse_args(["--model", "tiny"]).api_key_source) == \
+        ("alias", "$OPENAI_API_KEY")
+    monkeypatch.setenv(API_KEY_ENV, "from-env")                   # the server's own variable wins
     assert parse_args(["--model", "tiny"]).api_key == "from-env"
     assert parse_args(["--model", "tiny", "--api-key", "flag"]).api_key == "flag"
+    monkeypatch.setenv(API_KEY_ENV, "")                           # empty = unset, then the alias
+    assert parse_args(["--model", "tiny"]).api_key == "alias"
 
 
 def test_cors_only_when_configured(plain, guarded):
@@ -190,15 +196,12 @@ def test_at_most_four_stop_strings(plain):
     _error(plain.post("/v1/chat/completions", json={**CHAT, "stop": list("abcde")}), 400, "stop")
 
 
-UNSUPPORTED = [
-    ("completion", "logprobs", 1), ("completion", "logprobs", 0), ("completion", "echo", True),
-    ("completion", "best_of", 2), ("completion", "suffix", "end"), ("completion", "presence_penalty", 0.5),
-    ("completion", "frequency_penalty", -1), ("completion", "logit_bias", {"42": 100}),
-    ("completion", "repetition_penalty", 1.2),
-    ("chat", "logprobs", True), ("chat", "top_logprobs", 3), ("chat", "response_format", {"type": "json_object"}),
+UNSUPPORTED = [     # logprobs, top_logprobs and the penalties are implemented (tests/test_serve_logprobs.py)
+    ("completion", "echo", True), ("completion", "best_of", 2), ("completion", "suffix", "end"),
+    ("completion", "logit_bias", {"42": 100}), ("completion", "min_p", 0.1),
+    ("chat", "response_format", {"type": "json_object"}),
     ("chat", "tools", [{"type": "function", "function": {"name": "f"}}]), ("chat", "tool_choice", "required"),
-    ("chat", "presence_penalty", 1), ("chat", "frequency_penalty", 0.1), ("chat", "logit_bias", {"1": -100}),
-    ("chat", "store", True), ("chat", "logprobs", [[[[[[[[1]]]]]]]]),
+    ("chat", "logit_bias", {"1": -100}), ("chat", "store", True), ("chat", "metadata", [[[[[[[[1]]]]]]]]),
 ]
 DEFAULTS = {
     "completion": {"logprobs": None, "echo": False, "best_of": 1, "suffix": None, "presence_penalty": 0,
@@ -230,12 +233,12 @@ def test_unsupported_fields_at_their_defaults_are_accepted(limits, kind):
 
 
 def test_unsupported_field_over_http_and_not_in_the_schema(plain):
-    err = _error(plain.post("/v1/chat/completions", json={**CHAT, "logprobs": True}), 400, "logprobs")
+    err = _error(plain.post("/v1/chat/completions", json={**CHAT, "tools": [{"type": "function"}]}), 400, "tools")
     assert err["type"] == "invalid_request_error"
     _error(plain.post("/v1/completions", json={**OK, "echo": True}), 400, "echo")
     for model in (CompletionRequest, ChatCompletionRequest):     # the fuzz test draws bodies from these
         props = model.model_json_schema()["properties"]
-        assert "logprobs" not in props and "stop" in props, "only real options are documented"
+        assert "logit_bias" not in props and "stop" in props and "logprobs" in props, "only real options"
 
 
 @pytest.mark.parametrize("body", [

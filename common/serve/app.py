@@ -23,27 +23,33 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import sse, validation
+from .detokenize import StreamingDetokenizer
 from .async_engine import AsyncEngine, ClientGone, EngineDead
 from .guards import DEFAULT_MAX_BODY_BYTES, add_guards, read_body
+from .logprobs import LogprobFormat
+from .protocol import ChatCompletionRequest, CompletionRequest
 from .responses import ResponseFactory
 from .validation import APIError, Limits, error_body
 
 log = logging.getLogger("common.serve")
 IMPL_ENV = "COMMON_SERVE_IMPL"
 RETRY_AFTER_S = 1
+COMPONENTS = "#/components/schemas/"
 
 
 @dataclass
 class Impl:
-    """The swappable pieces (lab 10): validate_request, IncrementalDetokenizer, stream_sse."""
+    """The swappable pieces (lab 10): validate_request, IncrementalDetokenizer, stream_sse. The server's
+    own detokenizer is the O(new tokens) one (common.serve.detokenize); readers write the simple one."""
 
     validate_request: Callable = validation.validate_request
-    IncrementalDetokenizer: type = sse.IncrementalDetokenizer
+    IncrementalDetokenizer: type = StreamingDetokenizer        # O(new tokens); lab 10 writes the simple one
     stream_sse: Callable = sse.stream_sse
 
     @classmethod
@@ -119,6 +125,7 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
 
     async def handle(request: Request, kind: str) -> Response:
+        require_json(request)
         raw = await read_body(request, max_body_bytes)
         req, ids, params = await asyncio.to_thread(impl.validate_request, raw, kind, limits)
         if engine.num_inflight >= max_queue:
@@ -156,36 +163,51 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
         detoks = [impl.IncrementalDetokenizer(llm.tokenizer, params.skip_special_tokens, params.stop_list)
                   for _ in range(params.n)]
+        events = stream if params.logprobs is None else _attach_logprobs(stream, factory, params)
         async with stream:                              # leaving early (client gone) aborts the request
             try:
-                async for chunk in impl.stream_sse(stream, detoks, factory.chunk_maker(params.n, include_usage),
+                async for chunk in impl.stream_sse(events, detoks, factory.chunk_maker(params.n, include_usage),
                                                    factory.usage_chunk(len(ids)) if include_usage else None):
                     yield chunk
             except EngineDead as e:
                 yield sse.sse_event(error_body(str(e), "server_error"))
                 yield sse.SSE_DONE
 
+    async def _attach_logprobs(stream, factory: ResponseFactory, params):
+        """Hands each event's logprobs object to the factory just before stream_sse makes its chunk."""
+        formats = [LogprobFormat(llm.tokenizer, params.logprobs) for _ in range(params.n)]
+        async for batch in stream:
+            for ev in batch:
+                factory.attached[ev.index] = factory.logprobs_of(formats[ev.index], ev.token_ids, ev.logprobs or [])
+            yield batch
+
     async def _collect(stream, ids, params, factory: ResponseFactory) -> dict:
         out: list[list[int]] = [[] for _ in range(params.n)]
+        logprobs: list[list[dict[int, float]]] = [[] for _ in range(params.n)]
         reasons: list[tuple[str | None, Any]] = [(None, None)] * params.n
         async with stream:
             try:
                 async for batch in stream:
                     for ev in batch:
                         out[ev.index] += ev.token_ids
+                        logprobs[ev.index] += ev.logprobs or []
                         if ev.finish_reason is not None:
                             reasons[ev.index] = (ev.finish_reason, ev.stop_reason)
             except EngineDead as e:
-                raise APIError(str(e), status=503, type="server_error") from None
+                raise APIError(str(e), status=500 if e.crashed else 503, type="server_error") from None
         choices = [(sse.final_text(llm.tokenizer, out[i], params.skip_special_tokens, reasons[i][1]), reasons[i][0])
                    for i in range(params.n)]
-        return factory.full(choices, len(ids), sum(len(o) for o in out))
+        formatted = None
+        if params.logprobs is not None:
+            formatted = [factory.logprobs_of(LogprobFormat(llm.tokenizer, params.logprobs), out[i], logprobs[i])
+                         for i in range(params.n)]
+        return factory.full(choices, len(ids), sum(len(o) for o in out), formatted)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(request: Request) -> Response:
         return await handle(request, "completion")
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(request: Request) -> Response:
         return await handle(request, "chat")
 
@@ -206,4 +228,37 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
             return Response("", media_type="text/plain")
         return Response(engine.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    publish_schemas(app, CompletionRequest, ChatCompletionRequest)
     return app
+
+
+def require_json(request: Request) -> None:
+    """A body declared as another media type (a form, as `curl -d` without -H sends; text/plain) is
+    refused with 415 and a message that says what to send; a request without Content-Type is read as JSON."""
+    ctype = request.headers.get("content-type")
+    if ctype is not None and ctype.split(";")[0].strip().lower() != "application/json":
+        raise APIError(f"Content-Type {ctype[:60]!r} is not supported: send application/json", status=415,
+                       code="unsupported_media_type")
+
+
+def request_body(model: type[BaseModel]) -> dict:
+    """The OpenAPI requestBody of a route that reads its raw body itself (to answer OpenAI's 400s, not
+    FastAPI's 422s): without it /openapi.json would not say what the route accepts, and schema-driven
+    clients and fuzzers (schemathesis, tests/test_serve_schemathesis.py) would send nothing useful."""
+    schema = model.model_json_schema(ref_template=COMPONENTS + "{model}")
+    schema.pop("$defs", None)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def publish_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
+    """Add the models' nested schemas ($defs) to /openapi.json's components, where request_body refers."""
+    defs: dict = {}
+    for model in models:
+        defs.update(model.model_json_schema(ref_template=COMPONENTS + "{model}").get("$defs", {}))
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            build().setdefault("components", {}).setdefault("schemas", {}).update(defs)
+        return app.openapi_schema
+    app.openapi = openapi

@@ -18,6 +18,7 @@ import logging
 import threading
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from ..engine import LLM, SamplingParams
 from ..engine.sequence import Sequence, Status
@@ -35,6 +36,7 @@ class TokenEvent:
     token_ids: list[int]
     finish_reason: str | None = None
     stop_reason: int | str | None = None
+    logprobs: list[dict[int, float]] | None = None     # per token (SamplingParams.logprobs set): id -> logprob
 
 
 @dataclass
@@ -108,12 +110,27 @@ class ClientGone(Exception):
 
 
 class EngineDead(RuntimeError):
-    """The engine thread stopped (shutdown or a crash); requests fail with 503."""
+    """The engine thread stopped: `crashed` (a step raised: in-flight requests get 500 and the
+    server exits non-zero, as vLLM does) or a shutdown (503)."""
+
+    def __init__(self, message: str, crashed: bool = False):
+        super().__init__(message)
+        self.crashed = crashed
+
+
+class InjectedFault(RuntimeError):
+    """Raised by step `fail_at_step` (fault-injection tests only)."""
 
 
 class AsyncEngine:
-    def __init__(self, llm: LLM, metrics: EngineMetrics | None = None, idle_wait_s: float = 0.5):
+    def __init__(self, llm: LLM, metrics: EngineMetrics | None = None, idle_wait_s: float = 0.5,
+                 fail_at_step: int | None = None, on_crash: Callable[[BaseException], None] | None = None):
+        """`on_crash(error)` runs on the event loop after a step raised and every in-flight request got
+        its error (the server uses it to exit); `fail_at_step=N` makes the N-th step raise InjectedFault."""
         self.llm = llm
+        self.fail_at_step = fail_at_step
+        self.on_crash = on_crash
+        self.num_steps = 0
         self.metrics = metrics
         self.snapshot = Snapshot()
         self.num_inflight = 0                       # accepted, not finished (event-loop side)
@@ -187,6 +204,9 @@ class AsyncEngine:
                     self._wake.wait(self.idle_wait_s)
                     self._wake.clear()
                     continue
+                self.num_steps += 1
+                if self.num_steps == self.fail_at_step:
+                    raise InjectedFault(f"fault injected at engine step {self.num_steps}")
                 self.llm.step()
                 self._publish_tokens()
                 self._publish_snapshot()
@@ -196,12 +216,22 @@ class AsyncEngine:
         finally:
             self._stopping = True
             self._apply_commands()
-            dead = EngineDead(f"the engine stopped: {self.error!r}" if self.error else "the server is shutting down")
+            crashed = self.error is not None
+            dead = EngineDead(f"the engine failed ({type(self.error).__name__}: {self.error}); the server restarts"
+                              if crashed else "the server is shutting down", crashed=crashed)
             for rid, (stream, _, _) in list(self._live.items()):
-                self.llm.abort(rid)
+                try:
+                    self.llm.abort(rid)
+                except Exception:                       # the LLM may be broken: the clients still get their error
+                    log.exception("abort after a crash failed")
                 self._loop.call_soon_threadsafe(stream.queue.put_nowait, dead)
             self._live.clear()
-            self._publish_snapshot()
+            try:
+                self._publish_snapshot()
+            except Exception:
+                log.exception("snapshot after a crash failed")
+            if crashed and self.on_crash is not None:   # queued after the errors above: clients hear first
+                self._loop.call_soon_threadsafe(self.on_crash, self.error)
 
     def _apply_commands(self) -> None:
         while self._commands:
@@ -247,6 +277,8 @@ class AsyncEngine:
                 if not new and not finished:
                     continue
                 ev = TokenEvent(seq.index, list(new))
+                if seq.logprobs is not None:
+                    ev.logprobs = [dict(d) for d in seq.logprobs[sent[i]:sent[i] + len(new)]]
                 sent[i] = len(seq.output_ids)
                 if finished:
                     ev.finish_reason, ev.stop_reason = seq.finish_reason, seq.stop_reason

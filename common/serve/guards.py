@@ -23,7 +23,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from .validation import APIError, error_body
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20           # 1 MiB: a full 8k-token context as JSON token ids is ~60 kB
-API_KEY_ENV = "COMMON_SERVE_API_KEY"       # like vLLM's VLLM_API_KEY; not OPENAI_API_KEY, which clients set
+API_KEY_ENV = "COMMON_SERVE_API_KEY"       # like vLLM's VLLM_API_KEY
+API_KEY_ALIAS_ENV = "OPENAI_API_KEY"       # the issue's alias; clients set it too, so it comes last and is logged
 PROTECTED_PREFIX = "/v1"
 
 
@@ -53,10 +54,20 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
     return b"".join(chunks)
 
 
+def api_key_source(flag: str | None) -> tuple[str | None, str | None]:
+    """(key, where it came from): --api-key, else $COMMON_SERVE_API_KEY, else $OPENAI_API_KEY; empty
+    values count as unset, so `COMMON_SERVE_API_KEY=` ... cannot turn auth on by accident."""
+    if flag:
+        return flag, "--api-key"
+    for name in (API_KEY_ENV, API_KEY_ALIAS_ENV):
+        if os.environ.get(name):
+            return os.environ[name], "$" + name
+    return None, None
+
+
 def resolve_api_key(flag: str | None) -> str | None:
-    """--api-key wins; else the environment variable; empty means no auth."""
-    key = flag if flag is not None else os.environ.get(API_KEY_ENV)
-    return key or None
+    """The key /v1 requires (None: no auth); see api_key_source."""
+    return api_key_source(flag)[0]
 
 
 def _protected(path: str) -> bool:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..peers.process import ManagedServer, free_port
 from .app import IMPL_ENV
+from .guards import API_KEY_ALIAS_ENV, API_KEY_ENV
 
 
 def flags(options: dict) -> list[str]:
@@ -48,7 +49,9 @@ class ServerProcess(ManagedServer):
                 "--port", str(self.port), *flags(options)]
         root = str(Path(__file__).resolve().parents[2])          # `-m common.serve` from any working directory
         path = os.environ.get("PYTHONPATH")
-        env = dict(env or {}, TOKENIZERS_PARALLELISM="false", PYTHONPATH=root + (os.pathsep + path if path else ""))
+        # the key comes from api_key= only: a notebook's OPENAI_API_KEY (set for clients) must not turn auth on
+        env = {API_KEY_ENV: "", API_KEY_ALIAS_ENV: "", **(env or {}), "TOKENIZERS_PARALLELISM": "false",
+               "PYTHONPATH": root + (os.pathsep + path if path else "")}
         if impl is not None:
             env[IMPL_ENV] = str(Path(impl).resolve())
         super().__init__(args, f"http://127.0.0.1:{self.port}", "/health", env=env, log_path=log_path,

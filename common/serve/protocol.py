@@ -2,7 +2,7 @@
 ignore_eos / min_tokens / top_k), as pydantic models. Wrong types are rejected (they become 400
 errors, see common.serve.validation).
 
-OpenAI fields the server does not implement (logprobs, echo, penalties, tools, ...) are declared
+OpenAI fields the server does not implement (echo, logit_bias, tools, ...) are declared
 too, so that a client who sets one gets 400 naming it instead of an answer that silently lacks it;
 their default or null values are accepted, because clients and SDKs may send those. Fields nobody
 documents are still ignored, as OpenAI-compatible servers (vLLM) do.
@@ -19,20 +19,19 @@ from typing import Any, ClassVar, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 from pydantic.json_schema import SkipJsonSchema
 
+from ..engine.sampling_params import MAX_LOGPROBS
+
 Prompt = Union[str, list[int], list[str], list[list[int]]]
 MAX_STOP_STRINGS = 4          # OpenAI's limit; each stop string costs a search per generated token
 Unsupported = SkipJsonSchema[Any]
 
 # field -> the values that mean "not used" (compared with their type: completions' logprobs=0 asks
 # for the sampled token's logprob, so 0 is not False there)
-UNSUPPORTED_COMMON: dict[str, tuple] = {
-    "logprobs": (None, False), "logit_bias": (None, {}), "presence_penalty": (None, 0, 0.0),
-    "frequency_penalty": (None, 0, 0.0), "repetition_penalty": (None, 1, 1.0), "min_p": (None, 0, 0.0),
-}
+UNSUPPORTED_COMMON: dict[str, tuple] = {"logit_bias": (None, {}), "min_p": (None, 0, 0.0)}
 UNSUPPORTED_COMPLETION: dict[str, tuple] = {**UNSUPPORTED_COMMON, "echo": (None, False), "best_of": (None, 1),
                                             "suffix": (None, "")}
 UNSUPPORTED_CHAT: dict[str, tuple] = {
-    **UNSUPPORTED_COMMON, "top_logprobs": (None, 0), "response_format": (None, {"type": "text"}),
+    **UNSUPPORTED_COMMON, "response_format": (None, {"type": "text"}),
     "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
     "function_call": (None, "none", "auto"), "parallel_tool_calls": (None, True, False),
     "modalities": (None, ["text"]), "audio": (None,), "prediction": (None,), "store": (None, False),
@@ -77,11 +76,11 @@ class _Common(BaseModel):
     skip_special_tokens: bool = True
     user: str | None = None
 
-    logprobs: Unsupported = None
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0, le=100.0)     # vLLM's extension
+
     logit_bias: Unsupported = None
-    presence_penalty: Unsupported = None
-    frequency_penalty: Unsupported = None
-    repetition_penalty: Unsupported = None
     min_p: Unsupported = None
 
     @field_validator("stop")
@@ -109,6 +108,7 @@ class CompletionRequest(_Common):
 
     prompt: Prompt
     max_tokens: int | None = Field(default=16, ge=1)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)   # the N most likely tokens per position
 
     echo: Unsupported = None
     best_of: Unsupported = None
@@ -130,8 +130,8 @@ class ChatCompletionRequest(_Common):
     messages: list[ChatMessage] = Field(min_length=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-
-    top_logprobs: Unsupported = None
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_LOGPROBS)
     response_format: Unsupported = None
     tools: Unsupported = None
     tool_choice: Unsupported = None
@@ -146,6 +146,18 @@ class ChatCompletionRequest(_Common):
     service_tier: Unsupported = None
     reasoning_effort: Unsupported = None
     web_search_options: Unsupported = None
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_logprobs_needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        if top and not info.data.get("logprobs"):        # OpenAI's rule; logprobs is validated before
+            raise ValueError("top_logprobs needs logprobs=true")
+        return top
+
+    @property
+    def num_logprobs(self) -> int | None:
+        """SamplingParams.logprobs: None (not asked), else how many alternatives per token."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def wanted_tokens(self) -> int | None:

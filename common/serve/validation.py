@@ -75,9 +75,20 @@ def parse_body(raw: bytes | str | Any, kind: RequestKind) -> CompletionRequest |
         raise APIError(f"{_loc(first)}: {first['msg']}", param=param) from None
 
 
+def require_utf8(text: str, param: str) -> str:
+    """JSON may carry a lone surrogate ("\\ud800"), which no UTF-8 text (and no tokenizer) accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise APIError(f"{param} is not valid Unicode text: {e.reason} at position {e.start}", param=param) from None
+    return text
+
+
 def prompt_ids(req: CompletionRequest | ChatCompletionRequest, limits: Limits) -> list[int]:
     """The prompt as token ids: chat template, text, or the client's own ids (range-checked)."""
     if isinstance(req, ChatCompletionRequest):
+        for m in req.messages:
+            require_utf8(m.content, "messages")
         ids = limits.chat_ids([m.model_dump() for m in req.messages])
         param = "messages"
     else:
@@ -85,7 +96,7 @@ def prompt_ids(req: CompletionRequest | ChatCompletionRequest, limits: Limits) -
         if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
             prompt = prompt[0]          # a batch of one, as the openai client may send
         if isinstance(prompt, str):
-            ids = limits.encode(prompt)
+            ids = limits.encode(require_utf8(prompt, param))
         elif all(isinstance(t, int) for t in prompt):
             ids = list(prompt)
             bad = [t for t in ids if not 0 <= t < limits.vocab_size]
@@ -113,6 +124,8 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, num_prompt: 
                        f"{limits.max_model_len} tokens", param=name, code="context_length_exceeded")
     if req.stream and req.n > 1:
         raise APIError("n > 1 is only supported without streaming", param="n")
+    for stop in [req.stop] if isinstance(req.stop, str) else (req.stop or []):
+        require_utf8(stop, "stop")
     if req.stop_token_ids and any(not 0 <= t < limits.vocab_size for t in req.stop_token_ids):
         raise APIError("stop_token_ids must be token ids of the vocabulary", param="stop_token_ids")
     try:
@@ -122,10 +135,15 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, num_prompt: 
                               top_k=0 if req.top_k is None else req.top_k,
                               max_tokens=room if wanted is None else wanted, min_tokens=req.min_tokens,
                               ignore_eos=req.ignore_eos, stop=req.stop, stop_token_ids=req.stop_token_ids,
-                              seed=req.seed, skip_special_tokens=req.skip_special_tokens)
+                              seed=req.seed, skip_special_tokens=req.skip_special_tokens,
+                              presence_penalty=req.presence_penalty or 0.0,
+                              frequency_penalty=req.frequency_penalty or 0.0,
+                              repetition_penalty=1.0 if req.repetition_penalty is None else req.repetition_penalty,
+                              logprobs=req.num_logprobs if isinstance(req, ChatCompletionRequest) else req.logprobs)
     except (ValueError, TypeError) as e:
         message = str(e)
-        param = next((p for p in ("min_tokens", "max_tokens", "temperature", "top_p", "top_k", "stop", "n")
+        param = next((p for p in ("min_tokens", "max_tokens", "temperature", "top_p", "top_k", "stop", "n",
+                                  "presence_penalty", "frequency_penalty", "repetition_penalty", "logprobs")
                       if message.startswith(p)), None)
         raise APIError(message, param=param) from None
 
