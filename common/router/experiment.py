@@ -67,12 +67,16 @@ def run_trace_through(url: str, model: str, requests: list[ServeRequest], replic
 
 
 class RouterServer(ManagedServer):
-    """`python -m common.router` in a child process on a free port."""
+    """`python -m common.router` in a child process on a free port. Keyword options become flags
+    (health_interval=0.25 → --health-interval 0.25)."""
 
-    def __init__(self, backends: list[str], policy: str, block_size: int = 16, log_dir: str | Path | None = None):
+    def __init__(self, backends: list[str], policy: str, block_size: int = 16, log_dir: str | Path | None = None,
+                 **options: float | int | str):
         self.port = free_port()
         args = [sys.executable, "-m", "common.router", "--backends", ",".join(backends), "--policy", policy,
                 "--port", str(self.port), "--block-size", str(block_size)]
+        for key, value in options.items():
+            args += ["--" + key.replace("_", "-"), str(value)]
         log = Path(log_dir) / f"router-{policy}.log" if log_dir else None
         super().__init__(args, f"http://127.0.0.1:{self.port}", "/health", None, log, 60, f"router {policy}")
 

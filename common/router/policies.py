@@ -1,6 +1,7 @@
 """Routing policies: which engine replica gets a request.
 
 - round_robin: replicas in turn; spreads load evenly and scatters each conversation's prefix.
+- least_loaded: the replica with the fewest requests in flight.
 - session: a stable hash of the session id (the OpenAI `user` field) picks the replica, so every
   turn of a conversation lands where its prefix is cached. The hash is blake2b, not Python's
   `hash()`: str hashes are salted per process (PYTHONHASHSEED), so two router processes (or one
@@ -11,34 +12,71 @@
   longest leading run of blocks, unless that replica is overloaded or the match is too short; then
   it goes to the least-loaded replica. Requests without a match teach nobody anything, so the
   index is updated after every dispatch.
+
+Every policy takes `eligible`: the replicas it may pick (the healthy ones not yet tried for this
+request; None = all). A dead replica fails fast and so has 0 requests in flight: without this
+filter least-loaded routing would prefer it and session routing would pin its users to it.
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
 from collections import OrderedDict
 from typing import Protocol, Sequence
 
-POLICIES = ("round_robin", "session", "prefix")
+from ..paged.block_hash import chain_hashes as block_hashes  # the prefix cache's own keys
+
+POLICIES = ("round_robin", "least_loaded", "session", "prefix")
 
 
 class Policy(Protocol):
-    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int]) -> int: ...
+    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int],
+               eligible: Sequence[int] | None = None) -> int: ...
 
 
-def least_loaded(loads: Sequence[int], start: int = 0) -> int:
-    """Index of the smallest load; ties broken by rotating from `start` so equal replicas share."""
+def _allowed(n: int, eligible: Sequence[int] | None) -> list[int]:
+    """The replica indices a policy may pick, sorted; a clear error when there is none."""
+    allowed = list(range(n)) if eligible is None else sorted(set(eligible))
+    if not allowed or allowed[0] < 0 or allowed[-1] >= n:
+        raise ValueError(f"no eligible replica among {n} (eligible={list(eligible or [])})")
+    return allowed
+
+
+def least_loaded(loads: Sequence[int], start: int = 0, eligible: Sequence[int] | None = None) -> int:
+    """Index of the smallest load among `eligible`; ties broken by rotating from `start` so equal replicas share."""
     n = len(loads)
-    return min(((start + i) % n for i in range(n)), key=lambda i: loads[i])
+    allowed = set(_allowed(n, eligible))
+    return min(((start + i) % n for i in range(n) if (start + i) % n in allowed), key=lambda i: loads[i])
 
 
 class RoundRobin:
     def __init__(self, num_replicas: int):
         _check_replicas(num_replicas)
-        self._next = itertools.cycle(range(num_replicas))
+        self.n = num_replicas
+        self._next = 0
 
-    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int]) -> int:
-        return next(self._next)
+    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int],
+               eligible: Sequence[int] | None = None) -> int:
+        allowed = set(_allowed(self.n, eligible))
+        for step in range(self.n):   # the next eligible replica in the cycle
+            i = (self._next + step) % self.n
+            if i in allowed:
+                self._next = i + 1
+                return i
+        raise AssertionError("unreachable: _allowed returned a non-empty subset")
+
+
+class LeastLoaded:
+    """Fewest requests in flight; ties rotate."""
+
+    def __init__(self, num_replicas: int):
+        _check_replicas(num_replicas)
+        self.n = num_replicas
+        self._turn = 0
+
+    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int],
+               eligible: Sequence[int] | None = None) -> int:
+        self._turn += 1
+        return least_loaded(loads, self._turn - 1, eligible)
 
 
 def stable_hash(text: str) -> int:
@@ -47,27 +85,22 @@ def stable_hash(text: str) -> int:
 
 
 class SessionSticky:
-    """hash(session) mod N; requests without a session go round-robin."""
+    """hash(session) mod N; requests without a session go round-robin. When the home replica is not
+    eligible (ejected, or already failed this request) the session goes to hash mod the eligible
+    ones, so only the sessions of the lost replica move and they all move the same way."""
 
     def __init__(self, num_replicas: int):
         _check_replicas(num_replicas)
         self.n = num_replicas
         self._fallback = RoundRobin(num_replicas)
 
-    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int]) -> int:
+    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int],
+               eligible: Sequence[int] | None = None) -> int:
         if not session:
-            return self._fallback.choose(key, session, loads)
-        return stable_hash(session) % self.n
-
-
-def block_hashes(key: Sequence[int], block_size: int) -> list[int]:
-    """Chained hashes of the full blocks of `key`: block i's hash covers key[: (i + 1) * block_size]."""
-    out, parent = [], b""
-    for start in range(0, len(key) - block_size + 1, block_size):
-        block = ",".join(map(str, key[start:start + block_size])).encode()
-        parent = hashlib.blake2b(parent + b"|" + block, digest_size=8).digest()
-        out.append(int.from_bytes(parent, "little"))
-    return out
+            return self._fallback.choose(key, session, loads, eligible)
+        allowed = _allowed(self.n, eligible)
+        home = stable_hash(session) % self.n
+        return home if home in allowed else allowed[stable_hash(session) % len(allowed)]
 
 
 class PrefixIndex:
@@ -114,11 +147,13 @@ class PrefixAware:
         self._turn = 0
         self.decisions = {"cache": 0, "load": 0}
 
-    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int]) -> int:
+    def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int],
+               eligible: Sequence[int] | None = None) -> int:
+        allowed = _allowed(len(self.indexes), eligible)
         hashes = block_hashes(key, self.block_size)
         matches = [idx.match(hashes) for idx in self.indexes]
-        best = max(range(len(matches)), key=lambda i: (matches[i], -loads[i]))
-        idle = least_loaded(loads, self._turn)
+        best = max(allowed, key=lambda i: (matches[i], -loads[i]))
+        idle = least_loaded(loads, self._turn, allowed)
         self._turn += 1
         enough = hashes and matches[best] >= max(1, self.min_match * len(hashes))
         if enough and loads[best] - loads[idle] < self.balance_abs:
@@ -134,6 +169,8 @@ class PrefixAware:
 def make_policy(name: str, num_replicas: int, **kwargs) -> Policy:
     if name == "round_robin":
         return RoundRobin(num_replicas)
+    if name == "least_loaded":
+        return LeastLoaded(num_replicas)
     if name == "session":
         return SessionSticky(num_replicas)
     if name == "prefix":
