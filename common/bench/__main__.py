@@ -1,6 +1,6 @@
 """python -m common.bench offline --engines common,hf,vllm --num-prompts 64 --input-len 64:256 \
     --output-len 64:256 --dtype bfloat16 --json out.json [--figure figures/bench_offline.png]
-python -m common.bench serve --base-url URL --model M --num-prompts N --request-rate 1,2,4 \
+python -m common.bench serve --base-url URL | --launch sglang --model M --num-prompts N --request-rate 1,2,4 \
     --input-len 64:128 --output-len 32:64 [--slo-ttft-ms X --slo-tpot-ms Y] [--trace t.jsonl] --json out.json"""
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.bench")
     sub = parser.add_subparsers(dest="mode", required=True)
     off = sub.add_parser("offline", help="offline throughput: same random workload through each engine")
-    off.add_argument("--engines", default="common,hf,hf-cb,vllm", help=f"comma list of {','.join(ENGINES)}")
+    off.add_argument("--engines", default="common,hf,hf-cb,vllm,sglang", help=f"comma list of {','.join(ENGINES)}")
     off.add_argument("--num-prompts", type=int, default=64)
     off.add_argument("--input-len", default="64:256")
     off.add_argument("--output-len", default="64:256")
@@ -26,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--figure", default=str(DEFAULT_FIGURE))
     off.add_argument("--no-fp32-check", action="store_true")
     srv = sub.add_parser("serve", help="online serving: streaming requests at Poisson request rates or a trace")
-    srv.add_argument("--base-url", required=True, help="e.g. http://127.0.0.1:8000")
+    srv.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000 (required without --launch)")
+    srv.add_argument("--launch", choices=["sglang"], default=None,
+                     help="start this peer's own server for the run (sglang: CUDA only; elsewhere a 'needs CUDA' row)")
     srv.add_argument("--model", required=True, help="served model name (also picks the vocabulary)")
     srv.add_argument("--num-prompts", type=int, default=32)
     srv.add_argument("--request-rate", default="1,2,4", help="req/s, comma list; inf = all at once")
@@ -42,9 +44,15 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--per-request", action="store_true", help="also write every request's numbers")
     srv.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    if args.mode == "serve" and args.launch:
+        from .sglang_peer import serve_sglang
+
+        return serve_sglang(args, parser)
     if args.mode == "serve":
         from .serve import run_serve
 
+        if not args.base_url:
+            parser.error("serve needs --base-url (or --launch sglang)")
         run_serve(args.base_url, args.model, args.request_rate, num_prompts=args.num_prompts,
                   input_len=args.input_len, output_len=args.output_len, vocab_size=args.vocab_size,
                   seed=args.seed, trace=args.trace, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,

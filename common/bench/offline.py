@@ -15,12 +15,16 @@ from ..device import parse_dtype
 from ..hardware import measure_peaks
 from ..models import load_config, load_model
 from ..paths import FIGURES_DIR
-from .engines import guarded, run_common, run_hf, run_hf_continuous, run_vllm_peer
+from .engines import guarded, run_common, run_hf, run_hf_continuous, run_llama_cpp_peer, run_vllm_peer
+from .engines import run_common_int4  # our engine on INT4 weights (common.quant.int4pack)
 from .loadinfo import load_block, load_line, load_snapshot
 from .metrics import identical_fraction, weights_bytes, workload_roofline
 from .workload import Workload, make_workload
+from .engines import B1_NEW_TOKENS, _b1_prompt  # the sglang row runs the same batch-1 jobs
+from .sglang_peer import run_sglang_peer
 
-ENGINES = ("common", "hf", "hf-cb", "vllm")
+# sglang: CUDA only, a "needs CUDA" row elsewhere; common-int4: our engine on INT4 weights
+ENGINES = ("common", "hf", "hf-cb", "vllm", "llama.cpp", "sglang", "common-int4")
 
 
 def fp32_exactness(model: str, num_prompts: int = 8, seed: int = 1) -> dict:
@@ -51,6 +55,9 @@ def print_table(results: list[dict]) -> None:
              "b1 ms/tok"]
     print(" ".join(f"{h:>12s}" for h in heads))
     for r in results:
+        if "unavailable" in r:   # an engine this machine cannot run (sglang without CUDA): said, not dropped
+            print(f"{r['engine']:>12s} {r['unavailable']}")
+            continue
         if "error" in r:
             print(f"{r['engine']:>12s} ERROR: {r['error'][:100]}")
             continue
@@ -106,7 +113,10 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
     runners = {"common": lambda: run_common(work, model, dtype, engine_kwargs, use_tqdm),
                "hf": lambda: run_hf(work, model, dtype, hf_batch_size),
                "hf-cb": lambda: run_hf_continuous(work, model, dtype),
-               "vllm": lambda: run_vllm_peer(work, model, dtype)}
+               "vllm": lambda: run_vllm_peer(work, model, dtype),
+               "llama.cpp": lambda: run_llama_cpp_peer(work, model, dtype),
+               "common-int4": lambda: run_common_int4(work, model, dtype, engine_kwargs, use_tqdm),
+               "sglang": lambda: run_sglang_peer(work, model, dtype, _b1_prompt(work.vocab_size), B1_NEW_TOKENS)}
     results = []
     for name in engines:
         t0 = time.perf_counter()
@@ -118,7 +128,7 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
     by = {r["engine"]: r for r in results if "error" not in r}
     comparisons = {}
     if "common" in by:
-        for other in ("hf", "vllm"):
+        for other in ("hf", "vllm", "llama.cpp"):
             if other in by:
                 comparisons[f"common_vs_{other}_speedup"] = (by["common"]["output_tokens_per_s"]
                                                               / by[other]["output_tokens_per_s"])
@@ -135,6 +145,10 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
     if check_fp32 and "common" in engines:
         result["fp32_exactness"] = guarded("fp32", lambda: fp32_exactness(model))
     print_table(results)
+    for r in results:   # llama.cpp: its weights differ from --dtype, and it reports prefill too
+        if r.get("prefill_ms_b1") is not None:
+            print(f"{r['engine']}: weights {r['weights']}; batch-1 prefill of {r['prefill_tokens_b1']} tokens "
+                  f"{r['prefill_ms_b1']:.0f} ms; batched mode: {r['mode']}")
     print(load_block(load_start, load_end))
     print(f"roofline (bf16 matmuls only): {roof['output_tokens_per_s']:.0f} output tok/s; "
           f"batch-1 decode floor {result['decode_floor_ms']:.1f} ms/token")

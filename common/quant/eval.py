@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from ..device import synchronize
 from ..kv_cache import KVCache
 from ..llama import AttentionCache, Llama
 
@@ -81,8 +82,10 @@ def decode_tokens_per_s(model: Llama, batch_size: int, prompt_len: int = 32, ste
     for _ in range(repeats):
         cache = make_cache(batch_size, prompt_len + steps + 1)
         token = model(prompt, cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+        synchronize(model.device)   # on CUDA the loop below only queues kernels: wait before and after it
         start = time.perf_counter()
         for _ in range(steps):
             token = model(token, cache=cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
+        synchronize(model.device)
         best = min(best, time.perf_counter() - start)
     return batch_size * steps / best
