@@ -8,8 +8,7 @@ import torch
 from common.kv_cache import KVCache
 from common.memory_calc import (ModelShape, decode_floor, get_model, kv_bytes_per_token, kv_cache_bytes,
                                 max_concurrent_requests, memory_budget, weights_bytes)
-from common.llama import Llama
-from common.models import load_config
+from common.models import hf_model_dir, load_config
 
 
 def test_errata_reference_values():
@@ -30,9 +29,11 @@ def test_attention_variants_scale_with_kv_heads():
 def test_formulas_match_real_tensors(name):
     config = load_config(name)
     shape = ModelShape.from_config(name, config)
-    with torch.device("meta"):          # the real module's shapes, without allocating the weights
-        model = Llama(config)
-    assert shape.params == sum(p.numel() for p in model.parameters())   # tied embedding counted once
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):          # transformers' own module for this checkpoint, no weights allocated
+        hf = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(hf_model_dir(name)))
+    assert shape.params == sum(p.numel() for p in hf.parameters())   # tied embedding counted once
     batch, tokens = 3, 17
     cache = KVCache(config, batch, tokens, torch.bfloat16)
     assert kv_cache_bytes(shape, tokens, batch, 2) == cache.nbytes

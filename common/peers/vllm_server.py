@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .process import ManagedServer, free_port, log_file
-from .vllm_runner import CPU_BLOCK_MULTIPLE, DEFAULT_KV_SPACE_GIB
+from .vllm_runner import CPU_BLOCK_MULTIPLE, CUDA_PEER_MEMORY_FRACTION, DEFAULT_KV_SPACE_GIB
 
 
 def _has_cuda() -> bool:
@@ -57,6 +57,8 @@ class VLLMServer(ManagedServer):
                 "--dtype", dtype, "--max-model-len", str(max_model_len), "--block-size", str(block_size),
                 "--enable-prefix-caching" if enable_prefix_caching else "--no-enable-prefix-caching",
                 *(extra_args or [])]
+        if cuda and "--gpu-memory-utilization" not in args:   # share the GPU with the notebook's own model
+            args += ["--gpu-memory-utilization", str(CUDA_PEER_MEMORY_FRACTION)]
         env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib), "TOKENIZERS_PARALLELISM": "false"}
         log = log_path or log_file(f"vllm-serve-{self.port}")
         super().__init__(args, f"http://127.0.0.1:{self.port}", "/health", env, log, startup_timeout_s, "vllm serve")

@@ -1,0 +1,76 @@
+"""`sglang` as an engine of `python -m common.bench offline` (and the server to point `serve` at).
+
+On CUDA: the workload through `sglang.Engine` in SGLang's own environment (common.peers.sglang_server), greedy,
+EOS ignored, plus the batch-1 decode latency jobs, with one engine start. Anywhere else the row is still in the
+table: {"engine": "sglang", "unavailable": "needs CUDA ..."} (no timing), never a silently missing engine.
+"""
+from __future__ import annotations
+
+from .metrics import summarize
+from .workload import Workload
+
+ENGINE = "sglang"
+
+
+def unavailable_row(reason: str) -> dict:
+    """A row that says why SGLang did not run; "error" keeps it out of the speed comparisons and the figure."""
+    return {"engine": ENGINE, "unavailable": reason, "error": f"not run here: {reason}"}
+
+
+def run_sglang_peer(workload: Workload, model: str, dtype: str, b1_prompt: list[int], b1_new_tokens: int) -> dict:
+    """The same jobs as the vLLM peer (warm-up, workload, batch-1 short/long) through sglang.Engine."""
+    from ..models import hf_model_dir
+    from ..peers.sglang_server import run_sglang_offline, unavailable_reason
+    from ..peers.vllm_runner import CUDA_PEER_MEMORY_FRACTION
+
+    reason = unavailable_reason()
+    if reason:
+        return unavailable_row(reason)
+    base = {"temperature": 0.0, "ignore_eos": True}
+    spec = {"model_path": str(hf_model_dir(model)),
+            "engine": {"dtype": dtype, "context_length": 2048, "random_seed": 0, "log_level": "error",
+                       "mem_fraction_static": CUDA_PEER_MEMORY_FRACTION},
+            "jobs": [{"name": "warmup", "input_ids": [workload.prompts[0][:32]],
+                      "sampling": {**base, "max_new_tokens": 4}},
+                     {"name": "workload", "input_ids": workload.prompts, "sampling": base,
+                      "sampling_per_prompt": [{**base, "max_new_tokens": n} for n in workload.output_lens]},
+                     {"name": "b1_short", "input_ids": [b1_prompt], "sampling": {**base, "max_new_tokens": 1}},
+                     {"name": "b1_long", "input_ids": [b1_prompt],
+                      "sampling": {**base, "max_new_tokens": b1_new_tokens + 1}}]}
+    raw = run_sglang_offline(spec)
+    if "error" in raw:
+        return {"engine": ENGINE, "error": raw["error"]}
+    jobs = {j["name"]: j for j in raw["jobs"]}
+    main = jobs["workload"]
+    b1 = (jobs["b1_long"]["elapsed_s"] - jobs["b1_short"]["elapsed_s"]) / b1_new_tokens * 1e3
+    return {"engine": ENGINE, "version": raw.get("version"), "startup_s": raw.get("startup_s"),
+            **summarize(workload, main["elapsed_s"]), "outputs": [r["token_ids"] for r in main["outputs"]],
+            "decode_latency_ms_b1": b1}
+
+
+def serve_sglang(args, parser) -> int:
+    """`python -m common.bench serve --launch sglang ...`: start SGLang's server, run the serving benchmark
+    against it, stop it. Without CUDA: print the "needs CUDA" row (and write it to --json), exit 0."""
+    import json
+    from pathlib import Path
+
+    from ..peers.sglang_server import SGLangServer, unavailable_reason
+
+    if args.base_url:
+        parser.error("--launch starts its own server: leave out --base-url")
+    reason = unavailable_reason()
+    if reason:
+        row = unavailable_row(reason)
+        print(f"{ENGINE:>12s} {reason}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"server": row, "results": []}, indent=1))
+        return 0
+    from .serve import run_serve
+
+    with SGLangServer(args.model) as srv:
+        run_serve(srv.base_url, srv.served_model_name, args.request_rate, num_prompts=args.num_prompts,
+                  input_len=args.input_len, output_len=args.output_len, vocab_size=args.vocab_size,
+                  seed=args.seed, trace=args.trace, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
+                  max_concurrency=args.max_concurrency, warmup=args.warmup, per_request=args.per_request,
+                  json_path=args.json)
+    return 0
