@@ -7,7 +7,7 @@ STAGE   := scripts/stage.sh
 NBVAL   := $(PY) -m pytest --nbval-lax --nbval-current-env -q -p no:cacheprovider
 NOTEBOOKS = $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoints/*' | sort)
 
-.PHONY: setup demo test lint unit check-labs nbval doctor notebooks notebook errata jupyter clean bench
+.PHONY: setup demo test lint unit check-labs nbval doctor notebooks notebook errata jupyter clean bench site site-test
 
 setup: $(STAMP)
 
@@ -26,12 +26,13 @@ test: setup
 
 lint: setup
 	@$(PY) -m ruff check .
+	@$(PY) scripts/spellcheck.py
 
 nbval: setup
 	@if [ -n "$(NOTEBOOKS)" ]; then $(NBVAL) $(NOTEBOOKS); else echo "no notebooks yet"; fi
 
 bench: setup
-	@$(STAGE) bench $(PY) -m common.bench offline --engines common,hf,hf-cb,vllm --num-prompts 64 --input-len 64:256 \
+	@$(STAGE) bench $(PY) -m common.bench offline --engines common,common-int4,hf,hf-cb,vllm,llama.cpp,sglang --num-prompts 64 --input-len 64:256 \
 	  --output-len 64:256 --dtype bfloat16 --json .cache/bench_offline.json --figure figures/bench_offline.png
 
 check-labs: setup
@@ -60,6 +61,16 @@ notebook: setup
 
 errata: setup
 	@$(PY) -m common.errata
+
+# Static HTML of the committed notebooks, ERRATA.md and the lab instructions, with a chapter index (common/site.py)
+site: setup
+	@$(STAGE) site $(PY) -m common.site --out .cache/site
+
+# The site in headless Chromium (installed here only, never by plain setup): index + one chapter page,
+# screenshots in .cache/site-shots, no console errors, every <img> loaded. CI runs it as its own step.
+site-test: site
+	@scripts/setup_browser.sh
+	@$(STAGE) "site test" env SITE_TEST=1 $(PY) -m pytest -q tests/test_site.py
 
 jupyter: setup
 	@$(PY) -m jupyter lab --notebook-dir=.

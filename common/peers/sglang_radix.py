@@ -59,11 +59,15 @@ class SGLangRadix:
     """SGLang's RadixCache.create_simulated(page_size) behind the same small API as
     common.paged.radix_cache.RadixCache: match_prefix → (values, node), insert → prefix length."""
 
-    def __init__(self, page_size: int = 1) -> None:
+    def __init__(self, page_size: int = 1, eviction_policy: str = "lru") -> None:
         rc = sglang_radix_module()
+        from sglang.srt.mem_cache.cache_init_params import CacheInitParams
         self._rc = rc
         self.allocator = _MockAllocator()
-        self.cache = rc.RadixCache.create_simulated(page_size=page_size, mock_allocator=self.allocator)
+        # create_simulated() has no eviction-policy argument; build its params directly.
+        params = CacheInitParams(disable=False, req_to_token_pool=None, token_to_kv_pool_allocator=self.allocator,
+                                 page_size=page_size, eviction_policy=eviction_policy)
+        self.cache = rc.RadixCache(params)
         self.page_size = page_size
 
     def _key(self, tokens: Sequence[int]):

@@ -83,8 +83,18 @@ def speculative_generate(target: Llama, prompt_ids: Sequence[int] | torch.Tensor
             return int(logits_row.argmax())
         return int(torch.multinomial(_probs(logits_row, temperature), 1, generator=generator))
 
+    wants_hidden = drafter is not None and getattr(drafter, "uses_target_hidden", False)
+
+    def forward(ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [len(ids), vocab] and final hidden states [len(ids), hidden] of one cached forward."""
+        hidden = target.hidden_states(torch.tensor([ids], device=device), cache=cache)[0]
+        return target.logits(hidden), hidden
+
     start = time.perf_counter()
-    first = pick(target(torch.tensor([prompt], device=device), cache=cache, last_only=True)[0, -1])
+    hidden = target.hidden_states(torch.tensor([prompt], device=device), cache=cache)[0, -1:]
+    first = pick(target.logits(hidden)[-1])
+    if wants_hidden:
+        drafter.observe_target_hidden(hidden[-1])
     synchronize(device)
     result.prefill_s = time.perf_counter() - start
     result.tokens.append(first)
@@ -96,9 +106,8 @@ def speculative_generate(target: Llama, prompt_ids: Sequence[int] | torch.Tensor
         draft = drafter.propose(committed, budget, temperature, generator) if drafter and budget > 0 else None
         proposal = draft.tokens[:budget] if draft else []
         t1 = time.perf_counter()
-        block = torch.tensor([[committed[-1]] + proposal], device=device)
         base = cache.seq_len
-        logits = target(block, cache=cache)[0]
+        logits, hidden = forward([committed[-1]] + proposal)
         if temperature == 0:
             n, nxt = greedy_verify(logits, torch.tensor(proposal, dtype=torch.long))
         else:
@@ -106,6 +115,8 @@ def speculative_generate(target: Llama, prompt_ids: Sequence[int] | torch.Tensor
             n, nxt = speculative_verify(_probs(logits, temperature), q, torch.tensor(proposal, dtype=torch.long),
                                         generator)
         cache.seq_len = base + 1 + n  # rollback: keep pending + accepted drafts (see module docstring)
+        if wants_hidden:
+            drafter.observe_target_hidden(hidden[n])   # the row whose logits produced `nxt`
         synchronize(device)
         t2 = time.perf_counter()
         result.draft_s += t1 - t0

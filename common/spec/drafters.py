@@ -26,6 +26,10 @@ class Draft:
 
 
 class Drafter(Protocol):
+    """A drafter may also set `uses_target_hidden = True` and define `observe_target_hidden(h)`: the loop
+    then hands it the target's final hidden state of the newest token's parent after every target forward
+    (Medusa heads read it instead of running a model of their own)."""
+
     name: str
 
     def propose(self, tokens: Sequence[int], k: int, temperature: float = 0.0,

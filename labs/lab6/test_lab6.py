@@ -4,7 +4,9 @@ inputs every run (labs/conftest.py seeds `random` and torch per test and prints 
 test fails: rerun it with TEST_SEED=<seed>)."""
 from __future__ import annotations
 
+import hashlib
 import random
+from array import array
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ import torch.nn.functional as F
 
 def test_pool_allocate_refcount_free(impl):
     n = random.randint(3, 8)
-    pool = impl.BlockPool(n)
+    pool = impl.BlockAllocator(n)
     blocks = [pool.allocate() for _ in range(n)]
     assert sorted(blocks) == list(range(n)) and pool.num_free == 0
     assert all(pool.ref_count(b) == 1 for b in blocks)
@@ -29,11 +31,11 @@ def test_pool_allocate_refcount_free(impl):
         pool.incref(b)
     assert pool.allocate() == b
     with pytest.raises(ValueError):
-        impl.BlockPool(0)
+        impl.BlockAllocator(0)
 
 
 def test_fork_shares_every_block(impl):
-    pool = impl.BlockPool(10)
+    pool = impl.BlockAllocator(10)
     table = [pool.allocate() for _ in range(random.randint(1, 5))]
     child = impl.fork_table(pool, table)
     assert child == table and child is not table
@@ -42,7 +44,7 @@ def test_fork_shares_every_block(impl):
 
 def test_append_grows_table_without_copies(impl):
     bs = random.choice([1, 2, 4, 16])
-    pool = impl.BlockPool(64)
+    pool = impl.BlockAllocator(64)
     n = random.randint(1, 5 * bs)
     table = [pool.allocate() for _ in range(-(-n // bs))]
     after = n + random.randint(0, 6 * bs)
@@ -55,7 +57,7 @@ def test_append_grows_table_without_copies(impl):
 
 def test_copy_on_write_only_for_shared_partial_last_block(impl):
     bs = random.choice([4, 8])
-    pool = impl.BlockPool(32)
+    pool = impl.BlockAllocator(32)
     n = 2 * bs + random.randint(1, bs - 1)          # last block partly filled
     parent = [pool.allocate() for _ in range(3)]
     child = impl.fork_table(pool, parent)
@@ -72,9 +74,9 @@ def test_copy_on_write_only_for_shared_partial_last_block(impl):
 
 
 def _oracle_hashes(tokens, bs):
-    out, parent = [], 0
+    out, parent = [], b""
     for i in range(len(tokens) // bs):
-        parent = hash((parent, tuple(tokens[i * bs:(i + 1) * bs])))
+        parent = hashlib.sha256(parent + array("q", tokens[i * bs:(i + 1) * bs]).tobytes()).digest()
         out.append(parent)
     return out
 
@@ -82,13 +84,13 @@ def _oracle_hashes(tokens, bs):
 def test_prefix_hash_chain(impl):
     bs = random.choice([2, 4, 16])
     tokens = [random.randrange(1000) for _ in range(random.randint(0, 6 * bs))]
-    assert impl.prefix_block_hashes(tokens, bs) == _oracle_hashes(tokens, bs)
+    assert impl.chain_hashes(tokens, bs) == _oracle_hashes(tokens, bs)
     if len(tokens) >= 2 * bs:
         other = [tokens[0] + 1] + tokens[1:]
-        mine, theirs = impl.prefix_block_hashes(tokens, bs), impl.prefix_block_hashes(other, bs)
+        mine, theirs = impl.chain_hashes(tokens, bs), impl.chain_hashes(other, bs)
         assert all(a != b for a, b in zip(mine, theirs))   # one changed token changes every later hash
     with pytest.raises(ValueError):
-        impl.prefix_block_hashes(tokens, 0)
+        impl.chain_hashes(tokens, 0)
 
 
 def _lcp(a, b):
@@ -99,7 +101,7 @@ def _lcp(a, b):
 
 
 def test_radix_tree_matches_brute_force(impl):
-    tree, seen = impl.RadixTree(), []
+    tree, seen = impl.RadixCache(), []
     for _ in range(60):
         if seen and random.random() < 0.7:
             base = random.choice(seen)
@@ -115,7 +117,7 @@ def test_radix_tree_matches_brute_force(impl):
 
 
 def test_radix_split_values_and_locked_eviction(impl):
-    tree = impl.RadixTree()
+    tree = impl.RadixCache()
     tree.insert([1, 2, 3, 4], [10, 11, 12, 13])
     tree.insert([5, 6])
     tree.insert([7])
@@ -128,6 +130,38 @@ def test_radix_split_values_and_locked_eviction(impl):
     assert tree.total_size() == 2 and tree.match_prefix([1, 2])[0] == [10, 11]
     tree.dec_lock_ref(node)
     assert tree.evict(100) == 2 and tree.total_size() == 0
+
+
+def test_lfu_eviction_keeps_the_popular_prefix(impl):
+    """A document inserted k times but not recently: LRU evicts it first, LFU evicts the cold ones."""
+    hot = [random.randrange(100, 200) for _ in range(random.randint(3, 8))]
+    cold = [[1000 * (i + 1) + j for j in range(random.randint(2, 6))] for i in range(3)]
+    for policy, hot_survives in (("lru", False), ("lfu", True)):
+        tree = impl.RadixCache(eviction_policy=policy)
+        for _ in range(random.randint(2, 5)):
+            tree.insert(hot)
+        for doc in cold:
+            tree.insert(doc)
+        evicted = tree.evict(1)
+        assert evicted == (len(cold[0]) if hot_survives else len(hot)), policy
+        assert (tree.match_prefix(hot)[0] == hot) == hot_survives, policy
+    with pytest.raises(ValueError):
+        impl.RadixCache(eviction_policy="fifo")
+
+
+def test_lfu_matches_oracle_order(impl):
+    """Random inserts into disjoint documents: LFU evicts in (inserts, last insert) order."""
+    docs = [[1000 * (i + 1) + j for j in range(3)] for i in range(6)]
+    tree, count, last = impl.RadixCache(eviction_policy="lfu"), [0] * 6, [0] * 6
+    for t in range(30):
+        i = random.randrange(6)
+        tree.insert(docs[i])
+        count[i] += 1
+        last[i] = t
+    order = sorted((i for i in range(6) if count[i]), key=lambda i: (count[i], last[i]))
+    for i in order:
+        assert tree.evict(1) == 3
+        assert tree.match_prefix(docs[i])[0] == [], f"expected doc {i} (count {count[i]}) to go next"
 
 
 @pytest.mark.parametrize("hq,hkv", [(4, 4), (6, 2)])
@@ -147,6 +181,6 @@ def test_paged_attention_matches_sdpa(impl, hq, hkv):
         k = kc[blocks].flatten(0, 1)[:n].transpose(0, 1)[None]
         v = vc[blocks].flatten(0, 1)[:n].transpose(0, 1)[None]
         expected.append(F.scaled_dot_product_attention(q[b:b + 1, :, None], k, v, enable_gqa=True)[0, :, 0])
-    out = impl.paged_attention(q, kc, vc, tables, torch.tensor(lens))
+    out = impl.paged_attention_reference(q, kc, vc, tables, torch.tensor(lens))
     assert out.shape == q.shape
     assert torch.allclose(out, torch.stack(expected), atol=1e-5, rtol=1e-4)
