@@ -14,7 +14,8 @@ result = {"engine": "vllm", "version": ..., "startup_s": ..., "jobs": [{"name", 
           [{"token_ids", "text", "finish_reason", "num_cached_tokens", "ttft_s"?, "prompt_logprobs"?}],
           "metrics": {...}}]}
 ("prompt_logprobs": the log-probability of each prompt token, None for the first, when the job's
-sampling asks for {"prompt_logprobs": 0}: perplexity of a text through vLLM's own forward.)
+sampling asks for {"prompt_logprobs": 0}: perplexity of a text through vLLM's own forward.
+"logprobs": the sampled token's log-probability per generated token, when sampling asks for {"logprobs": N}.)
 
 vLLM's own output (its logs, warnings, progress bars) never reaches the caller's cell: the child's
 stdout and stderr go to a file under .cache/logs/ ("log" in the result, relative to the repository).
@@ -88,6 +89,9 @@ def _run_in_child(spec: dict) -> dict:
             if getattr(out, "prompt_logprobs", None) is not None:  # sampling {"prompt_logprobs": 0}
                 row["prompt_logprobs"] = [None if lp is None else lp[tok].logprob
                                           for tok, lp in zip(out.prompt_token_ids, out.prompt_logprobs)]
+            if getattr(completion, "logprobs", None) is not None:  # sampling {"logprobs": N}: sampled token's
+                row["logprobs"] = [lp[tok].logprob                  # logprob per generated token (exercise 8.5)
+                                   for tok, lp in zip(completion.token_ids, completion.logprobs)]
             rows.append(row)
         delta = {k: after[k] - before.get(k, 0.0) for k in after if isinstance(after[k], float)}
         result["jobs"].append({"name": job.get("name", ""), "elapsed_s": elapsed, "outputs": rows,
@@ -102,7 +106,10 @@ def _has_cuda() -> bool:
 
 
 def run_vllm(spec: dict, timeout_s: float = 1200) -> dict:
-    """Start vLLM in a child process on `spec` and return its result; on failure a dict with "error"."""
+    """Start vLLM in a child process on `spec` and return its result; on failure a dict with "error".
+
+    定义于 第4章 §4.3
+    """
     block_size = spec.get("llm", {}).get("block_size")
     if block_size is not None and block_size % CPU_BLOCK_MULTIPLE and not _has_cuda():
         raise ValueError(f"vLLM's CPU attention needs block_size to be a multiple of {CPU_BLOCK_MULTIPLE} "
