@@ -28,7 +28,10 @@ CHILD_SCRIPT = Path(__file__).with_name("sglang_offline_child.py")
 
 
 def sglang_python() -> Path:
-    """The interpreter of SGLang's own environment (scripts/setup.sh: SGLANG_VENV, default .venv/sglang)."""
+    """The interpreter of SGLang's own environment (scripts/setup.sh: SGLANG_VENV, default .venv/sglang).
+
+    定义于 第6章 §6.3.4
+    """
     venv = SGLANG_VENV if SGLANG_VENV.is_absolute() else REPO_ROOT / SGLANG_VENV
     return venv / "bin" / "python"
 
@@ -41,7 +44,10 @@ def _has_cuda() -> bool:
 
 def unavailable_reason() -> str | None:
     """None when SGLang can run here, else the reason a reader sees in the table (CUDA first: it is the cause
-    on a CPU machine even when the environment is also missing)."""
+    on a CPU machine even when the environment is also missing).
+
+    定义于 第6章 §6.3.4
+    """
     if not _has_cuda():
         return "needs CUDA (SGLang's engine and server run on NVIDIA GPUs only; this machine has no CUDA device)"
     if not sglang_python().exists():
@@ -51,7 +57,10 @@ def unavailable_reason() -> str | None:
 
 
 def sglang_version() -> str:
-    """SGLang's version in its own environment (`unknown` when that environment is missing)."""
+    """SGLang's version in its own environment (`unknown` when that environment is missing).
+
+    定义于 第6章 §6.3.4
+    """
     if not sglang_python().exists():
         return "unknown"
     code = "from importlib.metadata import version; print(version('sglang'))"
@@ -60,18 +69,23 @@ def sglang_version() -> str:
 
 
 class SGLangServer(ManagedServer):
-    """Start `python -m sglang.launch_server` on enter (waits for /health), stop its process group on exit."""
+    """Start `python -m sglang.launch_server` on enter (waits for /health), stop its process group on exit.
+
+    定义于 第6章 §6.3.4
+    """
 
     def __init__(self, model: str = "smollm2-135m", port: int | None = None, dtype: str = "bfloat16",
                  context_length: int = 2048, mem_fraction_static: float = CUDA_PEER_MEMORY_FRACTION,
                  extra_args: list[str] | None = None, log_path: str | Path | None = None,
-                 startup_timeout_s: float = 600):
+                 startup_timeout_s: float = 600, model_path: str | Path | None = None):
+        """model_path: a checkpoint folder of your own (e.g. a GPTQ/AWQ INT4 one), served under the name `model`."""
         reason = unavailable_reason()
         if reason:
             raise RuntimeError(f"SGLang server cannot start: {reason}")
         from ..models import hf_model_dir
 
-        self.model, self.served_model_name = str(hf_model_dir(model)), model
+        self.model = str(model_path) if model_path is not None else str(hf_model_dir(model))
+        self.served_model_name = model
         self.port = port or free_port()
         args = [str(sglang_python()), "-m", "sglang.launch_server", "--model-path", self.model,
                 "--served-model-name", model, "--host", "127.0.0.1", "--port", str(self.port),
@@ -90,7 +104,10 @@ class SGLangServer(ManagedServer):
 
 def run_sglang_offline(spec: dict, timeout_s: float = 1800) -> dict:
     """Run `spec` ({"model_path", "engine": {...Engine kwargs}, "jobs": [{"name", "input_ids", "sampling"}]})
-    through `sglang.Engine` in SGLang's environment; returns the child's JSON or {"error": ...}."""
+    through `sglang.Engine` in SGLang's environment; returns the child's JSON or {"error": ...}.
+
+    定义于 第6章 §6.3.4
+    """
     reason = unavailable_reason()
     if reason:
         return {"error": reason}
