@@ -16,7 +16,10 @@ from .roofline import MatmulShape
 
 
 def decode_weights(model: Llama, include_lm_head: bool = True) -> list[torch.Tensor]:
-    """Weights of every nn.Linear a decode step multiplies by, in forward order ([n, k] each)."""
+    """Weights of every nn.Linear a decode step multiplies by, in forward order ([n, k] each).
+
+    定义于 第3章 §3.2.4
+    """
     weights = [m.weight for layer in model.layers for m in layer.modules() if isinstance(m, nn.Linear)]
     if include_lm_head:
         weights.append(model.lm_head.weight)
@@ -24,11 +27,18 @@ def decode_weights(model: Llama, include_lm_head: bool = True) -> list[torch.Ten
 
 
 def weight_shapes(weights: list[torch.Tensor]) -> list[tuple[int, int]]:
-    """(k, n) of each weight: k inputs → n outputs."""
+    """(k, n) of each weight: k inputs → n outputs.
+
+    定义于 第3章 §3.2.4
+    """
     return [(w.shape[1], w.shape[0]) for w in weights]
 
 
 def step_shapes(weights: list[torch.Tensor], batch: int) -> list[MatmulShape]:
+    """The matmul shapes of one decode step at `batch` rows, so each can be placed on the roofline.
+
+    定义于 第3章 §3.2.4
+    """
     return [MatmulShape(batch, k, n, weights[0].element_size()) for k, n in weight_shapes(weights)]
 
 
@@ -45,6 +55,8 @@ def sweep_decode_step(weights: list[torch.Tensor], batches: list[int], rounds: i
     Timed matmul by matmul (LM head in row pieces), best of `rounds` each, summed: see
     common.hardware.best_total_time for why this survives a busy machine. The weights together
     must exceed the last-level cache, or small batches are timed from cache instead of memory.
+
+    定义于 第3章 §3.2.4
     """
     if not weights or not batches or rounds < 1:
         raise ValueError("need weights, batch sizes and rounds >= 1")
@@ -63,7 +75,10 @@ def sweep_decode_step(weights: list[torch.Tensor], batches: list[int], rounds: i
 @torch.inference_mode()
 def time_matmul(shape: MatmulShape, dtype: torch.dtype, device: torch.device | str = "cpu",
                 repeats: int = 10) -> float:
-    """Best-of-`repeats` seconds of one [m, k] @ [k, n] matmul."""
+    """Best-of-`repeats` seconds of one [m, k] @ [k, n] matmul.
+
+    定义于 第3章 §3.2.4
+    """
     x = torch.randn(shape.m, shape.k, device=device, dtype=dtype)
     w = torch.randn(shape.n, shape.k, device=device, dtype=dtype)
     return best_time(lambda: F.linear(x, w), repeats, device)
@@ -75,6 +90,8 @@ def weight_stream(weights: list[torch.Tensor], min_bytes: int) -> list[torch.Ten
 
     One 1.8 MB weight timed on its own stays in the last-level cache between calls, so a decode
     matmul timed alone "beats" the memory roofline; a real decode step streams every layer's weights.
+
+    定义于 第3章 §3.2.4
     """
     if not weights:
         raise ValueError("need at least one weight")
@@ -92,7 +109,10 @@ def weight_stream(weights: list[torch.Tensor], min_bytes: int) -> list[torch.Ten
 @torch.inference_mode()
 def time_weight_stream(stream: list[torch.Tensor], m: int, rounds: int = 5) -> float:
     """Seconds of one pass of x[m, k] through every weight of `stream` in order (best of `rounds`
-    per weight, summed: common.hardware.best_total_time). FLOP/s = 2·m·Σ(numel) / seconds."""
+    per weight, summed: common.hardware.best_total_time). FLOP/s = 2·m·Σ(numel) / seconds.
+
+    定义于 第3章 §3.2.4
+    """
     if not stream or m < 1 or rounds < 1:
         raise ValueError("need weights, m >= 1 and rounds >= 1")
     device, dtype = stream[0].device, stream[0].dtype

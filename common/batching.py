@@ -24,6 +24,10 @@ def _check_lengths(name: str, lengths: Sequence[int], minimum: int = 1) -> None:
 
 @dataclass(frozen=True)
 class PaddingCount:
+    """Useful vs padded token slots of a batch: the waste static batching pays.
+
+    定义于 第5章 §5.9
+    """
     useful: int
     padded: int
 
@@ -38,7 +42,10 @@ class PaddingCount:
 
 def join_padding(prompt_len: int, batch_size: int) -> PaddingCount:
     """One prompt of n tokens prefilled in a static batch with B−1 requests that decode one token
-    each: every decoder is padded to n, so (n−1)(B−1) slots are padding."""
+    each: every decoder is padded to n, so (n−1)(B−1) slots are padding.
+
+    定义于 第5章 §5.9
+    """
     if prompt_len < 1 or batch_size < 1:
         raise ValueError(f"need prompt_len >= 1 and batch_size >= 1, got {prompt_len}, {batch_size}")
     return PaddingCount(useful=prompt_len + batch_size - 1, padded=(prompt_len - 1) * (batch_size - 1))
@@ -46,7 +53,10 @@ def join_padding(prompt_len: int, batch_size: int) -> PaddingCount:
 
 def static_batch_padding(prompt_lens: Sequence[int], output_lens: Sequence[int], batch_size: int) -> PaddingCount:
     """Requests taken in order, `batch_size` at a time. A batch's prefill pads to its longest prompt;
-    its decode runs max(output) steps for every member (finished ones are padding)."""
+    its decode runs max(output) steps for every member (finished ones are padding).
+
+    定义于 第5章 §5.9
+    """
     _check_lengths("prompt_lens", prompt_lens)
     _check_lengths("output_lens", output_lens)
     if len(prompt_lens) != len(output_lens) or batch_size < 1:
@@ -65,6 +75,8 @@ class RaggedKVCache:
     Call `plan([(request_id, num_new_tokens), ...])` before each forward: it returns the per-token
     positions to pass to the model and builds the mask. Query token i of request r (at position
     cached_r + i) may attend to keys of request r at positions <= cached_r + i, nothing else.
+
+    定义于 第5章 §5.9
     """
 
     def __init__(self, num_layers: int) -> None:

@@ -15,7 +15,10 @@ from .llama import Llama
 
 
 def chunk_mask(cached_len: int, chunk_len: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[chunk_len, cached_len + chunk_len] bool: see the whole cache, causal inside the chunk."""
+    """[chunk_len, cached_len + chunk_len] bool: see the whole cache, causal inside the chunk.
+
+    定义于 第5章 §5.7
+    """
     if cached_len < 0 or chunk_len < 1:
         raise ValueError(f"need cached_len >= 0 and chunk_len >= 1, got {cached_len}, {chunk_len}")
     return causal_mask(chunk_len, cached_len + chunk_len, device=device)
@@ -27,6 +30,8 @@ def attend_chunk(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
 
     q: [B, Hq, C, D]; k_new, v_new: [B, Hkv, C, D]; k_cache, v_cache: [B, Hkv, S, D] (S may be 0).
     Returns (output [B, Hq, C, D], k_cache + k_new, v_cache + v_new).
+
+    定义于 第5章 §5.7
     """
     if k_new.shape != v_new.shape or k_cache.shape != v_cache.shape:
         raise ValueError(f"K and V shapes differ: {tuple(k_new.shape)} vs {tuple(v_new.shape)}, "
@@ -41,7 +46,10 @@ def attend_chunk(q: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor,
 
 
 def chunk_bounds(num_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
-    """[(start, end)] of ⌈num_tokens / chunk_size⌉ chunks."""
+    """[(start, end)] of ⌈num_tokens / chunk_size⌉ chunks.
+
+    定义于 第5章 §5.7
+    """
     if num_tokens < 1 or chunk_size < 1:
         raise ValueError(f"need num_tokens >= 1 and chunk_size >= 1, got {num_tokens}, {chunk_size}")
     return [(s, min(s + chunk_size, num_tokens)) for s in range(0, num_tokens, chunk_size)]
@@ -50,7 +58,10 @@ def chunk_bounds(num_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
 @torch.inference_mode()
 def chunked_prefill(model: Llama, input_ids: torch.Tensor, chunk_size: int, cache: KVCache,
                     last_only: bool = True) -> torch.Tensor:
-    """Prefill [1, n] ids into `cache` in chunks; logits of the last token ([1, 1, V]) or of all."""
+    """Prefill [1, n] ids into `cache` in chunks; logits of the last token ([1, 1, V]) or of all.
+
+    定义于 第5章 §5.7
+    """
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be [batch, seq], got shape {tuple(input_ids.shape)}")
     outputs = []

@@ -39,6 +39,10 @@ def _hf_greedy(model, ids: list[int], eos: int, max_new_tokens: int = MAX_NEW_TO
 
 
 def parity_demo(dtype: torch.dtype = torch.float32) -> bool:
+    """Greedy tokens of our model against transformers on the same prompts: the headline correctness check.
+
+    本书无对应章节（工具）
+    """
     device = pick_device()
     tokenizer = load_tokenizer(MODEL)
     eos = tokenizer.eos_token_id
@@ -72,6 +76,10 @@ def parity_demo(dtype: torch.dtype = torch.float32) -> bool:
 
 
 def engine_demo() -> dict:
+    """A small offline benchmark of our engine vs vLLM and transformers, sized to take minutes on 2 cores.
+
+    本书无对应章节（工具）
+    """
     from .bench.offline import run_offline
     from .paths import CACHE_DIR
 
@@ -83,6 +91,10 @@ def engine_demo() -> dict:
 
 
 def main() -> int:
+    """`make demo`: run the parity check and the engine benchmark, report how long each took.
+
+    本书无对应章节（工具）
+    """
     start = time.perf_counter()
     print(load_line(load_snapshot("start"), "[demo]"))
     ok = parity_demo()

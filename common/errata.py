@@ -22,7 +22,10 @@ ERRATA_FILE = REPO_ROOT / "ERRATA.md"
 
 @dataclass(frozen=True)
 class Claim:
-    """One claim of the book: where it is, what it says, what we found, and whether that agrees."""
+    """One claim of the book: where it is, what it says, what we found, and whether that agrees.
+
+    本书无对应章节（工具）
+    """
     where: str      # book location, e.g. "§3.2.1" or "§6.3 表 6-2"
     book: str       # what the book says, quoted or closely paraphrased
     found: str      # the measured or correct value, with units
@@ -42,7 +45,10 @@ class Claim:
 def claim(where: str, book: str, found: str, status: str, why: str = "") -> None:
     """Record one claim of the book in the notebook's output (and show it to the reader).
 
-    Returns None, so that a claim on a cell's last line shows nothing more than its own line."""
+    Returns None, so that a claim on a cell's last line shows nothing more than its own line.
+
+    本书无对应章节（工具）
+    """
     row = Claim(where, book, found, status, why)
     line = f"{STATUS[status]} {where}: 书中「{book}」→ {found}" + (f"（{why}）" if why else "")
     try:
@@ -62,7 +68,10 @@ def _chapter_of(notebook: Path) -> int:
 
 
 def collect(root: Path = REPO_ROOT) -> list[tuple[Path, int, Claim]]:
-    """Every claim in the committed notebooks under chapters/: (notebook, cell index, claim)."""
+    """Every claim in the committed notebooks under chapters/: (notebook, cell index, claim).
+
+    本书无对应章节（工具）
+    """
     rows = []
     for nb_path in sorted((root / "chapters").glob("*/*.ipynb")):
         cells = json.loads(nb_path.read_text(encoding="utf-8"))["cells"]
@@ -79,7 +88,10 @@ def _cell(text: str) -> str:
 
 
 def render(rows: list[tuple[Path, int, Claim]]) -> str:
-    """ERRATA.md's text: a summary, then one table a chapter."""
+    """ERRATA.md's text: a summary, then one table a chapter.
+
+    本书无对应章节（工具）
+    """
     counts = {status: sum(c.status == status for _, _, c in rows) for status in STATUS}
     lines = [
         "# 勘误表 / Errata",
@@ -111,6 +123,10 @@ def render(rows: list[tuple[Path, int, Claim]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m common.errata`: regenerate ERRATA.md from the notebooks, or check it is current.
+
+    本书无对应章节（工具）
+    """
     parser = argparse.ArgumentParser(prog="python -m common.errata", description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="fail if ERRATA.md is not current")
     args = parser.parse_args(argv)

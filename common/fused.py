@@ -18,13 +18,19 @@ from torch import nn
 
 def can_prepack(weight: torch.Tensor) -> bool:
     """oneDNN prepacking: CPU tensors in bf16 (if the CPU has bf16 support); fp32 stays on F.linear
-    so fp32 runs keep the exact kernels transformers uses (the fp32 exactness check)."""
+    so fp32 runs keep the exact kernels transformers uses (the fp32 exactness check).
+
+    定义于 第11章 §11.7
+    """
     return (weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
             and weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class FusedLinear(nn.Module):
-    """y = x @ W.T for W = cat(weights) (rows), split back into the parts' widths by the caller."""
+    """y = x @ W.T for W = cat(weights) (rows), split back into the parts' widths by the caller.
+
+    定义于 第11章 §11.7
+    """
 
     def __init__(self, *weights: torch.Tensor, prepack: bool = True) -> None:
         super().__init__()
@@ -47,7 +53,10 @@ class FusedLinear(nn.Module):
 def fuse_for_serving(model: nn.Module, prepack: bool = True) -> nn.Module:
     """Give every layer of a `common.llama.Llama` fused projections (in place; the original
     q/k/v/gate/up/down/o modules stay, so the model is unchanged for code that reads them).
-    Idempotent. Returns the model."""
+    Idempotent. Returns the model.
+
+    定义于 第11章 §11.7
+    """
     if getattr(model, "fused", False):
         return model
     for layer in model.layers:

@@ -26,6 +26,8 @@ def greedy_generate(model: Llama, prompt_ids: Sequence[int] | torch.Tensor, max_
     """Greedy decoding of one prompt. Returns only the new tokens (eos included if produced).
 
     use_cache=False recomputes the whole sequence every step (the O(n²) baseline of chapter 5).
+
+    定义于 第5章 §5.2
     """
     ids = torch.as_tensor(prompt_ids, dtype=torch.long, device=model.device).reshape(1, -1)
     _check_context(model, ids.shape[1], max_new_tokens)

@@ -15,6 +15,10 @@ GB = 1e9  # datasheets use decimal gigabytes and TB/s
 
 @dataclass(frozen=True)
 class GPUSpec:
+    """One GPU's datasheet numbers (compute per precision, memory, bandwidth) with their source.
+
+    定义于 第3章 §3.7.8
+    """
     name: str
     arch: str
     year: int
@@ -86,7 +90,10 @@ SPECS: dict[str, GPUSpec] = {s.name: s for s in [
 
 
 def get_spec(name: str) -> GPUSpec:
-    """Spec of a GPU by name (case-insensitive)."""
+    """Spec of a GPU by name (case-insensitive).
+
+    定义于 第3章 §3.7.8
+    """
     for key, spec in SPECS.items():
         if key.lower() == name.lower():
             return spec

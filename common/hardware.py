@@ -19,7 +19,10 @@ from .runinfo import load_average
 
 
 def best_time(fn, repeats: int, device: torch.device | str) -> float:
-    """Seconds of fn()'s fastest call out of `repeats` (after one warm-up call)."""
+    """Seconds of fn()'s fastest call out of `repeats` (after one warm-up call).
+
+    定义于 第3章 §3.2.4
+    """
     fn()  # warm-up
     synchronize(device)
     best = float("inf")
@@ -38,6 +41,8 @@ def best_total_time(fns: list, rounds: int, device: torch.device) -> float:
     short spans (one chunk, one layer) often are not, so best-per-piece summed is a far steadier
     estimate of the undisturbed total. Pieces run in order each round, so a piece streamed from
     memory is cold again when its turn comes (as long as the total exceeds the caches).
+
+    定义于 第3章 §3.2.4
     """
     best = [float("inf")] * len(fns)
     for fn in fns:
@@ -57,6 +62,8 @@ def measure_matmul_flops(dtype: torch.dtype = torch.bfloat16, n: int | None = No
     """Sustained FLOP/s of an n×n×n matmul (2n³ FLOPs), best of `repeats`.
 
     On CPU n=512 (about a millisecond per call) so that a best-of run usually gets one undisturbed call.
+
+    定义于 第3章 §3.2.4
     """
     device = pick_device(device)
     n = n or (8192 if device.type == "cuda" else 512)
@@ -75,6 +82,8 @@ def measure_memory_bandwidth(nbytes: int | None = None, device: str | torch.devi
     kind="copy": dst.copy_(src); counts read + write, i.e. 2·nbytes per pass (STREAM "copy").
     kind="read": src.sum(); counts nbytes (a read-only stream, what decode does to its weights).
     Both are lower bounds of the hardware's bandwidth; on a busy machine take the larger.
+
+    定义于 第3章 §3.2.4
     """
     if kind not in BANDWIDTH_KINDS:
         raise ValueError(f"kind must be one of {BANDWIDTH_KINDS}, got {kind!r}")
@@ -96,7 +105,10 @@ def measure_memory_bandwidth(nbytes: int | None = None, device: str | torch.devi
 
 
 def measure_fp8_flops(n: int = 8192, device: str | torch.device | None = None, repeats: int = 5) -> float | None:
-    """FP8 (e4m3) matmul FLOP/s on GPUs with FP8 Tensor Cores (compute capability >= 8.9), else None."""
+    """FP8 (e4m3) matmul FLOP/s on GPUs with FP8 Tensor Cores (compute capability >= 8.9), else None.
+
+    定义于 第3章 §3.2.4
+    """
     device = pick_device(device)
     if device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9):
         return None
@@ -109,6 +121,10 @@ def measure_fp8_flops(n: int = 8192, device: str | torch.device | None = None, r
 
 @dataclass
 class DevicePeaks:
+    """Measured peak FLOP/s per dtype and memory bandwidth of one device: the roofline's inputs.
+
+    定义于 第3章 §3.2.4
+    """
     device: str
     name: str
     flops: dict[str, float]          # dtype name -> FLOP/s
@@ -122,6 +138,10 @@ class DevicePeaks:
 
 
 def device_name(device: torch.device) -> str:
+    """A readable name for `device` (the GPU's name or the CPU's).
+
+    定义于 第3章 §3.2.4
+    """
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine()
@@ -131,7 +151,10 @@ def measure_peaks(device: str | torch.device | None = None, refresh: bool = Fals
     """Peaks of the current device, measured once and cached per machine and thread count.
 
     A measurement taken while other work loads the CPU (1-minute load average above half the cores) is
-    returned but never cached: a busy-machine number would otherwise stand in for the machine's peak."""
+    returned but never cached: a busy-machine number would otherwise stand in for the machine's peak.
+
+    定义于 第3章 §3.2.4
+    """
     device = pick_device(device)
     quiet = load_average()[0] < 0.5 * (os.cpu_count() or 1)
     key = f"{platform.node()}-{device.type}-{torch.get_num_threads()}t-v2"
@@ -158,7 +181,10 @@ def measure_peaks(device: str | torch.device | None = None, refresh: bool = Fals
 
 
 def cpu_flags() -> set[str]:
-    """CPU feature flags from /proc/cpuinfo (empty where the file does not exist)."""
+    """CPU feature flags from /proc/cpuinfo (empty where the file does not exist).
+
+    定义于 第3章 §3.2.4
+    """
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -175,6 +201,8 @@ def single_thread_if_busy(device: torch.device | str = "cpu") -> str:
     A multi-threaded OpenMP region waits for its slowest thread; when other processes hold the
     cores, every small op then costs a scheduler time slice (we measured decode 20x slower).
     Returns one line saying what was chosen.
+
+    定义于 第3章 §3.2.4
     """
     load = load_average()[0]
     cores = os.cpu_count() or 1
@@ -190,6 +218,8 @@ def last_level_cache_bytes(device: str | torch.device | None = None) -> int:
 
     Falls back to 32 MiB where the OS does not say. A stream of weights meant to be read from
     memory, not from cache, must be several times larger than this.
+
+    定义于 第3章 §3.2.4
     """
     device = pick_device(device)
     if device.type == "cuda":

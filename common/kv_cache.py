@@ -13,6 +13,10 @@ from .llama import ContextLengthError, LlamaConfig
 
 
 class KVCache:
+    """Contiguous per-layer K/V buffers for a batch, preallocated to max_seq_len.
+
+    定义于 第5章 §5.4
+    """
     def __init__(self, config: LlamaConfig, batch_size: int, max_seq_len: int,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
         shape = (config.num_hidden_layers, batch_size, config.num_key_value_heads, max_seq_len, config.head_dim)

@@ -21,7 +21,10 @@ def _check_positive(**values: int) -> None:
 
 
 def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, bytes_per_value: int = 2) -> int:
-    """2 (K and V) × layers × KV heads × head_dim × bytes. Pass KV heads, not query heads."""
+    """2 (K and V) × layers × KV heads × head_dim × bytes. Pass KV heads, not query heads.
+
+    定义于 第6章 §6.4
+    """
     _check_positive(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim,
                     bytes_per_value=bytes_per_value)
     return 2 * num_layers * num_kv_heads * head_dim * bytes_per_value
@@ -29,21 +32,30 @@ def kv_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, bytes_
 
 def mla_bytes_per_token(num_layers: int, kv_lora_rank: int, rope_dim: int, bytes_per_value: int = 2) -> int:
     """MLA caches one latent c_KV (kv_lora_rank) and one shared RoPE key (rope_dim) per layer:
-    no factor 2, no heads. K and V of every head are re-expanded from the latent."""
+    no factor 2, no heads. K and V of every head are re-expanded from the latent.
+
+    定义于 第6章 §6.4
+    """
     _check_positive(num_layers=num_layers, kv_lora_rank=kv_lora_rank, rope_dim=rope_dim,
                     bytes_per_value=bytes_per_value)
     return num_layers * (kv_lora_rank + rope_dim) * bytes_per_value
 
 
 def kv_cache_bytes(bytes_per_token: int, num_tokens: int, batch_size: int = 1) -> int:
-    """Bytes for `batch_size` sequences of `num_tokens` each."""
+    """Bytes for `batch_size` sequences of `num_tokens` each.
+
+    定义于 第6章 §6.4
+    """
     _check_positive(bytes_per_token=bytes_per_token, num_tokens=num_tokens, batch_size=batch_size)
     return bytes_per_token * num_tokens * batch_size
 
 
 @dataclass(frozen=True)
 class AttentionConfig:
-    """The few config.json numbers that fix the KV-cache size of a model."""
+    """The few config.json numbers that fix the KV-cache size of a model.
+
+    定义于 第6章 §6.4
+    """
     name: str
     num_layers: int
     num_heads: int
@@ -94,7 +106,10 @@ KNOWN_CONFIGS: dict[str, AttentionConfig] = {c.name: c for c in [
 
 
 def kv_table(bytes_per_value: int = 2, context: int = 4096) -> list[dict]:
-    """One row per known model: kind, bytes/token, saving vs MHA, GiB for one `context`-token sequence."""
+    """One row per known model: kind, bytes/token, saving vs MHA, GiB for one `context`-token sequence.
+
+    定义于 第6章 §6.4
+    """
     rows = []
     for cfg in KNOWN_CONFIGS.values():
         per_token = cfg.bytes_per_token(bytes_per_value)

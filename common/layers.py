@@ -11,7 +11,10 @@ from torch import nn
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight. The statistics are taken in fp32 even for bf16 activations."""
+    """x / rms(x) * weight. The statistics are taken in fp32 even for bf16 activations.
+
+    定义于 第6章 §6.1
+    """
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -25,7 +28,10 @@ class RMSNorm(nn.Module):
 
 
 class RotaryEmbedding(nn.Module):
-    """RoPE: rotate each (i, i + d/2) pair of a head by angle position * theta^(-2i/d)."""
+    """RoPE: rotate each (i, i + d/2) pair of a head by angle position * theta^(-2i/d).
+
+    定义于 第6章 §6.1
+    """
 
     def __init__(self, head_dim: int, theta: float) -> None:
         super().__init__()
@@ -40,18 +46,28 @@ class RotaryEmbedding(nn.Module):
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """RoPE's rotation helper: (x1, x2) -> (-x2, x1) over the two halves of the last dimension.
+
+    定义于 第6章 §6.1
+    """
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [batch, heads, seq, head_dim]; cos/sin: [batch, seq, head_dim] (or broadcastable)."""
+    """x: [batch, heads, seq, head_dim]; cos/sin: [batch, seq, head_dim] (or broadcastable).
+
+    定义于 第6章 §6.1
+    """
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)
     return x * cos + rotate_half(x) * sin
 
 
 class SwiGLU(nn.Module):
-    """down(silu(gate(x)) * up(x)): the gated MLP of Llama."""
+    """down(silu(gate(x)) * up(x)): the gated MLP of Llama.
+
+    定义于 第6章 §6.1
+    """
 
     def __init__(self, hidden: int, intermediate: int) -> None:
         super().__init__()

@@ -23,11 +23,18 @@ from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
 
 
 class ContextLengthError(ValueError):
-    """A sequence would run past the model's maximum position."""
+    """A sequence would run past the model's maximum position.
+
+    定义于 第6章 §6.1
+    """
 
 
 @dataclass(frozen=True)
 class LlamaConfig:
+    """The Llama hyper-parameters the model is built from (Hugging Face config names).
+
+    定义于 第6章 §6.1
+    """
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -67,7 +74,10 @@ class LlamaConfig:
 
 
 class AttentionCache(Protocol):
-    """What the model needs from a KV cache: attend over stored keys after adding new ones."""
+    """What the model needs from a KV cache: attend over stored keys after adding new ones.
+
+    定义于 第6章 §6.1
+    """
 
     seq_len: int
 
@@ -79,6 +89,10 @@ class AttentionCache(Protocol):
 
 
 class Attention(nn.Module):
+    """Grouped-query self-attention with RoPE, using whatever KV cache the caller passes.
+
+    定义于 第6章 §6.1
+    """
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
         self.layer_idx = layer_idx
@@ -108,6 +122,10 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One decoder layer: RMSNorm, attention, residual, RMSNorm, SwiGLU MLP, residual.
+
+    定义于 第6章 §6.1
+    """
     def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -122,6 +140,10 @@ class DecoderLayer(nn.Module):
 
 
 class Llama(nn.Module):
+    """The from-scratch Llama decoder; loads Hugging Face weights and matches transformers' logits.
+
+    定义于 第6章 §6.1
+    """
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
         self.config = config

@@ -18,7 +18,10 @@ GIB = 1 << 30
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the memory formulas need to know about a decoder-only model."""
+    """What the memory formulas need to know about a decoder-only model.
+
+    定义于 第3章 §3.3
+    """
     name: str
     params: float                 # total parameters
     layers: int
@@ -69,6 +72,10 @@ PRESETS: dict[str, ModelShape] = {m.name: m for m in [
 
 
 def get_model(name: str) -> ModelShape:
+    """A preset model shape by name, with the known names in the error.
+
+    定义于 第3章 §3.3
+    """
     try:
         return PRESETS[name]
     except KeyError:
@@ -81,7 +88,10 @@ def _check_bytes(value: float, what: str) -> None:
 
 
 def weights_bytes(model: ModelShape, bytes_per_param: float = 2) -> float:
-    """Parameters × bytes per parameter (2 for fp16/bf16, 1 for fp8/int8, 0.5 for 4-bit)."""
+    """Parameters × bytes per parameter (2 for fp16/bf16, 1 for fp8/int8, 0.5 for 4-bit).
+
+    定义于 第3章 §3.3
+    """
     _check_bytes(bytes_per_param, "bytes_per_param")
     return model.params * bytes_per_param
 
@@ -90,6 +100,8 @@ def kv_values_per_token(model: ModelShape) -> int:
     """Cached numbers per token, all layers: 2·L·kv_heads·head_dim (MLA: L·(latent + rope key)).
 
     The formulas are common.kv_math's (chapter 5), at one byte per value.
+
+    定义于 第3章 §3.3
     """
     if model.attention == "mla":
         return kv_math.mla_bytes_per_token(model.layers, model.kv_lora_rank, model.rope_dim, 1)
@@ -98,12 +110,19 @@ def kv_values_per_token(model: ModelShape) -> int:
 
 
 def kv_bytes_per_token(model: ModelShape, bytes_per_value: float = 2) -> float:
+    """KV-cache bytes one token costs across all layers: 2 x layers x kv_heads x head_dim x bytes.
+
+    定义于 第3章 §3.3
+    """
     _check_bytes(bytes_per_value, "bytes_per_value")
     return kv_values_per_token(model) * bytes_per_value
 
 
 def kv_cache_bytes(model: ModelShape, tokens: int, batch: int = 1, bytes_per_value: float = 2) -> float:
-    """KV cache of `batch` sequences of `tokens` tokens each."""
+    """KV cache of `batch` sequences of `tokens` tokens each.
+
+    定义于 第3章 §3.3
+    """
     if tokens < 0 or batch < 0:
         raise ValueError(f"tokens and batch must be >= 0, got {tokens}, {batch}")
     return batch * tokens * kv_bytes_per_token(model, bytes_per_value)
@@ -117,6 +136,8 @@ def activation_bytes(model: ModelShape, batch: int, seq: int, bytes_per_value: f
     wide) and the MLP's gate/up (2·intermediate), for batch·seq tokens; without a fused
     (flash) kernel also the batch·heads·seq² score matrix; plus fp32 logits of the last token.
     An estimate, not a law: real engines differ by allocator and kernel choices.
+
+    定义于 第3章 §3.3
     """
     if batch < 1 or seq < 1:
         raise ValueError(f"batch and seq must be >= 1, got {batch}, {seq}")
@@ -129,6 +150,10 @@ def activation_bytes(model: ModelShape, batch: int, seq: int, bytes_per_value: f
 
 @dataclass(frozen=True)
 class MemoryBudget:
+    """Serving memory split into weights, KV cache, activations and overhead (bytes).
+
+    定义于 第3章 §3.3
+    """
     weights: float
     kv_cache: float
     activations: float
@@ -150,6 +175,8 @@ def memory_budget(model: ModelShape, batch: int, context: int, bytes_per_param: 
     Overhead = `runtime_bytes` (CUDA context, cuBLAS workspaces, NCCL buffers: ~1 GiB is an
     ASSUMPTION) + `fragmentation` × the rest. Activations are sized for a prefill chunk of
     `prefill_chunk` tokens (default: the whole context of one request).
+
+    定义于 第3章 §3.3
     """
     weights = weights_bytes(model, bytes_per_param)
     kv = kv_cache_bytes(model, context, batch, kv_bytes_per_value)
@@ -167,6 +194,8 @@ def max_concurrent_requests(model: ModelShape, memory_bytes: float, context: int
     `utilization` is the share of memory the engine may use (vLLM's gpu_memory_utilization:
     weights + activations + KV, not "90% for KV"). Activations are sized for one prefill chunk
     of min(context, 8192) tokens. Returns 0 when even one request does not fit.
+
+    定义于 第3章 §3.3
     """
     if not 0 < utilization <= 1:
         raise ValueError(f"utilization must be in (0, 1], got {utilization}")
@@ -182,7 +211,10 @@ def max_concurrent_requests(model: ModelShape, memory_bytes: float, context: int
 
 @dataclass(frozen=True)
 class DecodeStep:
-    """Bytes one decode step must read and the time they take at a given bandwidth."""
+    """Bytes one decode step must read and the time they take at a given bandwidth.
+
+    定义于 第3章 §3.3
+    """
     weight_bytes: float
     kv_bytes: float
     bandwidth: float
@@ -203,7 +235,10 @@ class DecodeStep:
 def decode_floor(model: ModelShape, bandwidth: float, batch: int = 1, context: int = 0,
                  bytes_per_param: float = 2, kv_bytes_per_value: float = 2) -> DecodeStep:
     """Memory-bound lower bound of one decode step: every weight once, plus the KV cache of all
-    layers of all `batch` requests at `context` tokens each, divided by `bandwidth` (bytes/s)."""
+    layers of all `batch` requests at `context` tokens each, divided by `bandwidth` (bytes/s).
+
+    定义于 第3章 §3.3
+    """
     _check_bytes(bandwidth, "bandwidth")
     return DecodeStep(weights_bytes(model, bytes_per_param),
                       kv_cache_bytes(model, context, batch, kv_bytes_per_value), bandwidth)

@@ -27,7 +27,10 @@ def _nvml_handle(index: int):
 
 
 class Monitor:
-    """Background sampler of GPU (NVML) or CPU (psutil) utilization and memory."""
+    """Background sampler of GPU (NVML) or CPU (psutil) utilization and memory.
+
+    定义于 第3章 §3.4.3
+    """
 
     def __init__(self, interval: float = 0.05, gpu_index: int = 0, force_cpu: bool = False) -> None:
         if interval <= 0:
@@ -105,7 +108,10 @@ class Monitor:
 
 
 def plot_samples(monitor: Monitor, path: str | Path | None = None, marks: dict[str, float] | None = None):
-    """Utilization and memory over time (plus power on a GPU); `marks` draws labelled vertical lines."""
+    """Utilization and memory over time (plus power on a GPU); `marks` draws labelled vertical lines.
+
+    定义于 第3章 §3.4.3
+    """
     import matplotlib.pyplot as plt
 
     t = monitor.series("t")

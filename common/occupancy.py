@@ -15,6 +15,10 @@ WARP_SIZE = 32
 
 @dataclass(frozen=True)
 class SMArch:
+    """Per-SM limits of one GPU architecture (threads, warps, blocks, registers, shared memory).
+
+    定义于 第3章 §3.2.7
+    """
     name: str
     compute_capability: str
     max_threads_per_block: int
@@ -39,6 +43,10 @@ ARCHS: dict[str, SMArch] = {a.name: a for a in [
 
 @dataclass(frozen=True)
 class Occupancy:
+    """A kernel's occupancy on one SM: blocks and warps resident, and which limit binds.
+
+    定义于 第3章 §3.2.7
+    """
     arch: str
     warps_per_block: int
     blocks_per_sm: int
@@ -65,7 +73,10 @@ def _round_up(value: int, unit: int) -> int:
 
 def occupancy(arch: str | SMArch, threads_per_block: int, registers_per_thread: int = 32,
               shared_bytes_per_block: int = 0) -> Occupancy:
-    """Active blocks per SM for a kernel launched with these per-block resources."""
+    """Active blocks per SM for a kernel launched with these per-block resources.
+
+    定义于 第3章 §3.2.7
+    """
     a = arch if isinstance(arch, SMArch) else ARCHS.get(arch)
     if a is None:
         raise ValueError(f"unknown architecture {arch!r}; known: {', '.join(ARCHS)}")

@@ -13,18 +13,28 @@ COMMIT_FIGURES_ENV = "LLM_LABS_COMMIT_FIGURES"
 
 
 def figures_root() -> Path:
+    """Where figures are written: the committed folder when committing, else the git-ignored cache.
+
+    本书无对应章节（工具）
+    """
     return FIGURES_DIR if os.environ.get(COMMIT_FIGURES_ENV) == "1" else CACHE_DIR / "figures"
 
 
 def figure_path(chapter: str, name: str) -> Path:
-    """Path of a figure under <figures root>/<chapter>/, creating the folder."""
+    """Path of a figure under <figures root>/<chapter>/, creating the folder.
+
+    本书无对应章节（工具）
+    """
     folder = figures_root() / chapter
     folder.mkdir(parents=True, exist_ok=True)
     return folder / name
 
 
 def relative_to_repo(path: str | os.PathLike) -> str:
-    """A path as a reader should see it: relative to the repository, never the machine's absolute path."""
+    """A path as a reader should see it: relative to the repository, never the machine's absolute path.
+
+    本书无对应章节（工具）
+    """
     try:
         return str(Path(path).resolve().relative_to(REPO_ROOT))
     except ValueError:
@@ -34,7 +44,10 @@ def relative_to_repo(path: str | os.PathLike) -> str:
 def show_figure(fig, chapter: str, name: str, dpi: int = 80) -> None:
     """Save `fig`, close it, and display the saved file, so the inline figure is byte-identical to the file.
 
-    Returns None: a returned path on a cell's last line would show the machine's absolute path."""
+    Returns None: a returned path on a cell's last line would show the machine's absolute path.
+
+    本书无对应章节（工具）
+    """
     import matplotlib.pyplot as plt
     from IPython.display import Image, display
 

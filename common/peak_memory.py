@@ -22,7 +22,10 @@ from .device import pick_device, synchronize
 def quiet_native_stderr() -> Iterator[None]:
     """Kineto (torch's C++ profiler) prints `USDT ... profiler_start/stop` to file descriptor 2 whatever
     KINETO_LOG_LEVEL says. Point fd 2 at /dev/null only while the profiler starts and stops, so those two
-    lines never reach a notebook; errors raised by the profiled function itself are not hidden."""
+    lines never reach a notebook; errors raised by the profiled function itself are not hidden.
+
+    定义于 第3章 §3.3
+    """
     sys.stderr.flush()
     saved = os.dup(2)
     devnull = os.open(os.devnull, os.O_WRONLY)
@@ -36,7 +39,10 @@ def quiet_native_stderr() -> Iterator[None]:
 
 
 def peak_allocated(fn: Callable[[], Any], device: str | torch.device | None = None) -> tuple[int, Any]:
-    """(peak extra bytes allocated while fn() ran, fn's result)."""
+    """(peak extra bytes allocated while fn() ran, fn's result).
+
+    定义于 第3章 §3.3
+    """
     device = pick_device(device)
     if device.type == "cuda":
         synchronize(device)

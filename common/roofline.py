@@ -9,7 +9,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class MatmulShape:
-    """[m, k] @ [k, n]: m tokens through a k→n weight."""
+    """[m, k] @ [k, n]: m tokens through a k→n weight.
+
+    定义于 第3章 §3.2.4
+    """
     m: int
     k: int
     n: int
@@ -30,21 +33,35 @@ class MatmulShape:
 
 
 def attainable_flops(intensity: float, peak_flops: float, bandwidth: float) -> float:
+    """The roofline: min(peak FLOP/s, arithmetic intensity x bandwidth).
+
+    定义于 第3章 §3.2.4
+    """
     return min(peak_flops, intensity * bandwidth)
 
 
 def is_memory_bound(intensity: float, peak_flops: float, bandwidth: float) -> bool:
+    """Whether a kernel of this intensity sits left of the ridge point (memory-bound).
+
+    定义于 第3章 §3.2.4
+    """
     return intensity < peak_flops / bandwidth
 
 
 def predicted_time(shape: MatmulShape, peak_flops: float, bandwidth: float) -> float:
-    """Roofline lower bound on the time of one matmul: the slower of compute and memory."""
+    """Roofline lower bound on the time of one matmul: the slower of compute and memory.
+
+    定义于 第3章 §3.2.4
+    """
     return max(shape.flops / peak_flops, shape.bytes_moved / bandwidth)
 
 
 @dataclass(frozen=True)
 class RooflinePoint:
-    """Where one matmul sits on a roofline."""
+    """Where one matmul sits on a roofline.
+
+    定义于 第3章 §3.2.4
+    """
     shape: MatmulShape
     intensity: float          # FLOP per byte moved
     attainable: float         # FLOP/s the roofline allows at that intensity
@@ -53,7 +70,10 @@ class RooflinePoint:
 
 
 def place(shape: MatmulShape, peak_flops: float, bandwidth: float) -> RooflinePoint:
-    """Put a matmul on the roofline of a device with these two peaks."""
+    """Put a matmul on the roofline of a device with these two peaks.
+
+    定义于 第3章 §3.2.4
+    """
     if peak_flops <= 0 or bandwidth <= 0:
         raise ValueError(f"peaks must be > 0, got {peak_flops} FLOP/s and {bandwidth} B/s")
     i = shape.intensity
@@ -68,6 +88,8 @@ def predicted_knee(weight_shapes: list[tuple[int, int]], peak_flops: float, band
     With B tokens: FLOPs = 2·B·P (P = Σ k·n), bytes = e·(P + B·Σ(k + n)) (weights once,
     activations in and out). Setting FLOPs/bytes equal to the ridge R = peak/bandwidth gives
     B = R·e·P / (2P − R·e·Σ(k + n)); about R·e/2 when activations are small next to weights.
+
+    定义于 第3章 §3.2.4
     """
     if not weight_shapes:
         raise ValueError("weight_shapes is empty")
@@ -85,6 +107,8 @@ def fit_knee(batches: list[int], seconds: list[float]) -> tuple[float, float, fl
 
     Returns (knee = t0/c, t0, c). A flat start (weights streamed once, whatever the batch)
     then a line through the origin (compute grows with the batch) is what the roofline predicts.
+
+    定义于 第3章 §3.2.4
     """
     import math
     if len(batches) != len(seconds) or len(batches) < 3:

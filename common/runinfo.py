@@ -25,7 +25,10 @@ _started_at: float | None = None
 
 
 def load_average() -> tuple[float, float]:
-    """The 1- and 5-minute load averages (0, 0 where the OS has none)."""
+    """The 1- and 5-minute load averages (0, 0 where the OS has none).
+
+    本书无对应章节（工具）
+    """
     try:
         one, five, _ = os.getloadavg()
     except OSError:
@@ -35,7 +38,10 @@ def load_average() -> tuple[float, float]:
 
 def busy_limit() -> float:
     """The 1-minute load above which a run's timings are noise: the cores plus half a process of slack
-    (the run's own threads count too). tests/test_notebooks.py and the benchmarks' warnings use it."""
+    (the run's own threads count too). tests/test_notebooks.py and the benchmarks' warnings use it.
+
+    本书无对应章节（工具）
+    """
     return (os.cpu_count() or 1) + 0.5
 
 
@@ -52,7 +58,10 @@ def _load_text() -> str:
 
 
 def notebook_start() -> None:
-    """Print device, threads, library versions and the load; start the notebook's wall clock."""
+    """Print device, threads, library versions and the load; start the notebook's wall clock.
+
+    本书无对应章节（工具）
+    """
     global _started_at
     _started_at = time.perf_counter()
     device = pick_device()
@@ -63,14 +72,20 @@ def notebook_start() -> None:
 
 
 def notebook_end() -> None:
-    """Print the load again and the wall time since `notebook_start()`."""
+    """Print the load again and the wall time since `notebook_start()`.
+
+    本书无对应章节（工具）
+    """
     if _started_at is None:
         raise RuntimeError("notebook_end() needs notebook_start() in the first code cell")
     print(f"{END_TAG} | {_load_text()} | wall time: {time.perf_counter() - _started_at:.1f} s")
 
 
 def wait_until_quiet(below: float = 1.0, timeout_s: float = 900.0, poll_s: float = 5.0) -> float:
-    """Block until the 1-minute load average is below `below`; return it. Raise after `timeout_s`."""
+    """Block until the 1-minute load average is below `below`; return it. Raise after `timeout_s`.
+
+    本书无对应章节（工具）
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         one = load_average()[0]
@@ -83,6 +98,10 @@ def wait_until_quiet(below: float = 1.0, timeout_s: float = 900.0, poll_s: float
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m common.runinfo wait`: block until the load is low enough for timings to mean something.
+
+    本书无对应章节（工具）
+    """
     parser = argparse.ArgumentParser(prog="python -m common.runinfo", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     wait = sub.add_parser("wait", help="block until the machine is quiet")

@@ -21,7 +21,10 @@ _SEEDED_FIXTURES = {"rng", "rnd"}
 
 @pytest.fixture(autouse=True)
 def rng_seed(request) -> int:
-    """This test's seed (TEST_SEED if set, else fresh), already applied to `random` and `torch`."""
+    """This test's seed (TEST_SEED if set, else fresh), already applied to `random` and `torch`.
+
+    本书无对应章节（工具）
+    """
     value = int(os.environ[SEED_ENV]) if os.environ.get(SEED_ENV) else secrets.randbelow(2**31 - 1)
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):  # torch's generator is restored after the test
@@ -34,6 +37,10 @@ def rng_seed(request) -> int:
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
+    """pytest hook: add the seed to a failing seeded test's report, so the failure can be replayed.
+
+    本书无对应章节（工具）
+    """
     outcome = yield
     report = outcome.get_result()
     seeded = getattr(item, _SEED_ATTR, None)

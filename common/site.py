@@ -38,6 +38,10 @@ _IPYNB_LINK = re.compile(r'href="([^"#:]+)\.ipynb(#[^"]*)?"')
 
 @dataclass
 class NotebookEntry:
+    """One executed notebook of the site: its path and title.
+
+    本书无对应章节（工具）
+    """
     path: Path          # repo-relative .ipynb
     title: str
 
@@ -48,6 +52,10 @@ class NotebookEntry:
 
 @dataclass
 class ChapterEntry:
+    """One chapter of the site: its number, folder and notebooks.
+
+    本书无对应章节（工具）
+    """
     number: int
     folder: str
     notebooks: list[NotebookEntry] = field(default_factory=list)
@@ -58,7 +66,10 @@ class ChapterEntry:
 
 
 def notebook_title(nb) -> str:
-    """The first markdown heading of a notebook (its title as the reader sees it)."""
+    """The first markdown heading of a notebook (its title as the reader sees it).
+
+    本书无对应章节（工具）
+    """
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             for line in cell.source.splitlines():
@@ -68,6 +79,10 @@ def notebook_title(nb) -> str:
 
 
 def find_chapters(repo: Path = REPO_ROOT) -> list[ChapterEntry]:
+    """Every chapter folder with its notebooks, in book order.
+
+    本书无对应章节（工具）
+    """
     import nbformat
 
     chapters = []
@@ -82,7 +97,10 @@ def find_chapters(repo: Path = REPO_ROOT) -> list[ChapterEntry]:
 
 
 def page(title: str, body: str, root: str | None) -> str:
-    """A page with the site's style and, below the index (root is not None), a link back to it."""
+    """A page with the site's style and, below the index (root is not None), a link back to it.
+
+    本书无对应章节（工具）
+    """
     nav = "" if root is None else NAV.format(root=root)
     return (f'<!DOCTYPE html>\n<html lang="zh-CN"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"{STYLE}</head><body>{nav}{body}</body></html>\n")
@@ -94,7 +112,10 @@ def _link_notebooks_as_pages(text: str) -> str:
 
 
 def notebook_html(nb_path: Path, root: str) -> str:
-    """One executed notebook as a self-contained page (figures are data URIs in the outputs)."""
+    """One executed notebook as a self-contained page (figures are data URIs in the outputs).
+
+    本书无对应章节（工具）
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -113,13 +134,20 @@ def notebook_html(nb_path: Path, root: str) -> str:
 
 
 def markdown_html(text: str) -> str:
+    """Markdown rendered to HTML, with links to notebooks pointing at their pages.
+
+    本书无对应章节（工具）
+    """
     import mistune
 
     return _link_notebooks_as_pages(mistune.create_markdown(plugins=["table", "strikethrough", "url"])(text))
 
 
 def lab_html(lab_dir: Path) -> str:
-    """A lab's instructions: the module docstring, then each function/class with its docstring, then the file."""
+    """A lab's instructions: the module docstring, then each function/class with its docstring, then the file.
+
+    本书无对应章节（工具）
+    """
     source = (lab_dir / "exercises.py").read_text()
     tree = ast.parse(source)
     parts = [f"<h1>{html.escape(lab_dir.name)}</h1>",
@@ -135,6 +163,10 @@ def lab_html(lab_dir: Path) -> str:
 
 
 def index_html(chapters: list[ChapterEntry], labs: list[str]) -> str:
+    """The site's index page: chapters, notebooks, errata and labs.
+
+    本书无对应章节（工具）
+    """
     parts = ["<h1>《LLM推理优化实战》配套实验室：结果</h1>",
              "<p>每章已执行的 notebook（输出与图均来自提交的运行）、勘误表与实验说明。"
              "<br><i>Executed notebooks of every chapter, the errata and the lab instructions.</i></p>",
@@ -151,7 +183,10 @@ def index_html(chapters: list[ChapterEntry], labs: list[str]) -> str:
 
 
 def build_site(out: Path = DEFAULT_OUT, repo: Path = REPO_ROOT) -> list[Path]:
-    """Write the whole site into `out` (emptied first); returns the pages written."""
+    """Write the whole site into `out` (emptied first); returns the pages written.
+
+    本书无对应章节（工具）
+    """
     out = Path(out)
     if out.exists():
         shutil.rmtree(out)
@@ -178,6 +213,10 @@ def build_site(out: Path = DEFAULT_OUT, repo: Path = REPO_ROOT) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`make site`: build the static site and print where its pages went.
+
+    本书无对应章节（工具）
+    """
     parser = argparse.ArgumentParser(prog="python -m common.site", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(DEFAULT_OUT))
     args = parser.parse_args(argv)

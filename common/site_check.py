@@ -34,6 +34,10 @@ IMAGES_JS = """JSON.stringify(Array.from(document.images).map(i => ({src: i.src.
 
 @dataclass
 class PageReport:
+    """One page checked in the browser: console errors, images and its screenshot.
+
+    本书无对应章节（工具）
+    """
     page: str
     errors: list[str] = field(default_factory=list)
     images: list[dict] = field(default_factory=list)
@@ -50,14 +54,20 @@ class PageReport:
 
 
 def find_chromium() -> str | None:
-    """The Chromium binary (CHROMIUM env var first), or None."""
+    """The Chromium binary (CHROMIUM env var first), or None.
+
+    本书无对应章节（工具）
+    """
     if os.environ.get("CHROMIUM"):
         return os.environ["CHROMIUM"]
     return next((path for name in CHROMIUM_CANDIDATES if (path := shutil.which(name))), None)
 
 
 class DevTools:
-    """One page target over the DevTools websocket: `await send(method, params)`, events collected in order."""
+    """One page target over the DevTools websocket: `await send(method, params)`, events collected in order.
+
+    本书无对应章节（工具）
+    """
 
     def __init__(self, ws):
         self.ws, self.next_id, self.events = ws, 0, []
@@ -140,7 +150,10 @@ async def _check(port: int, site: Path, pages: list[str], shots: Path) -> list[P
 
 def check_site(site: Path = DEFAULT_OUT, pages: list[str] | None = None, shots: Path = DEFAULT_SHOTS,
                chromium: str | None = None, timeout_s: float = 120) -> list[PageReport]:
-    """Load `pages` (paths relative to `site`) in headless Chromium; one report per page."""
+    """Load `pages` (paths relative to `site`) in headless Chromium; one report per page.
+
+    本书无对应章节（工具）
+    """
     site, shots = Path(site), Path(shots)
     if not (site / "index.html").exists():
         raise FileNotFoundError(f"no site at {relative_to_repo(site)}: run `make site` first")
@@ -174,6 +187,10 @@ def check_site(site: Path = DEFAULT_OUT, pages: list[str] | None = None, shots: 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Check the built site in headless Chromium; non-zero on any console error or broken image.
+
+    本书无对应章节（工具）
+    """
     parser = argparse.ArgumentParser(prog="python -m common.site_check")
     parser.add_argument("--site", default=str(DEFAULT_OUT))
     parser.add_argument("--shots", default=str(DEFAULT_SHOTS))

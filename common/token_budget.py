@@ -18,6 +18,10 @@ from .llama import Llama
 
 @dataclass
 class Request:
+    """A request of the token-budget toy: prompt and output lengths and arrival step.
+
+    定义于 第5章 §5.10
+    """
     rid: int
     prompt_len: int
     output_len: int
@@ -38,6 +42,10 @@ class Request:
 
 @dataclass
 class Step:
+    """One scheduled step: the decoding requests and the prefill chunks it runs.
+
+    定义于 第5章 §5.10
+    """
     index: int
     decodes: list[int] = field(default_factory=list)
     prefills: list[tuple[int, int]] = field(default_factory=list)   # (rid, tokens)
@@ -51,6 +59,10 @@ class Step:
 
 
 class TokenBudgetScheduler:
+    """Per step: one token for every decode first, the rest of the budget to prefill chunks.
+
+    定义于 第5章 §5.10
+    """
     def __init__(self, requests: Sequence[Request], budget: int) -> None:
         if budget < 1:
             raise ValueError(f"budget must be >= 1 token, got {budget}")
@@ -97,7 +109,10 @@ class TokenBudgetScheduler:
 
 
 def simulate(requests: Sequence[Request], budget: int, max_steps: int = 100_000) -> list[Step]:
-    """Run the schedule to completion (no model); the requests record their first/finish steps."""
+    """Run the schedule to completion (no model); the requests record their first/finish steps.
+
+    定义于 第5章 §5.10
+    """
     scheduler = TokenBudgetScheduler(requests, budget)
     steps = []
     while not scheduler.done():
@@ -113,7 +128,10 @@ def simulate(requests: Sequence[Request], budget: int, max_steps: int = 100_000)
 def serve_packed(model: Llama, prompts: Sequence[Sequence[int]], output_lens: Sequence[int], budget: int,
                  arrivals: Sequence[int] | None = None) -> tuple[list[list[int]], list[Step]]:
     """Greedy-decode every prompt with token-budget steps, one packed [1, T] forward per step.
-    Returns (new tokens per prompt, the steps). Tokens equal greedy_generate on each prompt alone."""
+    Returns (new tokens per prompt, the steps). Tokens equal greedy_generate on each prompt alone.
+
+    定义于 第5章 §5.10
+    """
     arrivals = arrivals or [0] * len(prompts)
     requests = [Request(i, len(p), o, a) for i, (p, o, a) in enumerate(zip(prompts, output_lens, arrivals))]
     scheduler = TokenBudgetScheduler(requests, budget)

@@ -16,17 +16,46 @@ from common.router import HealthConfig, LeastLoaded, PrefixAware, Router, Router
 from common.router.policies import RoundRobin, stable_hash
 
 
-class ScriptedReplica:
+class ThreadedApp:
+    """An aiohttp app served on a free loopback port from a background thread (`with` starts and stops it)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self._ready = threading.Event()
+
+    def make_app(self) -> web.Application:
+        raise NotImplementedError
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        runner = web.AppRunner(self.make_app(), shutdown_timeout=0.1)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+        self._loop.run_until_complete(runner.cleanup())
+
+    def __enter__(self):
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        assert self._ready.wait(10)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+
+class ScriptedReplica(ThreadedApp):
     """An OpenAI-style streaming replica whose behaviour the test sets: `mode` is one of
     ok | status (503 error body) | headers_then_die | die_mid_stream | stall_mid_stream | hang | die_mid_json;
     `healthy` is what /health answers."""
 
     def __init__(self, mode: str = "ok", tokens: int = 4):
+        super().__init__()
         self.mode, self.tokens, self.healthy = mode, tokens, True
         self.requests = 0
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._ready = threading.Event()
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         await request.read()
@@ -66,57 +95,23 @@ class ScriptedReplica:
     async def health(self, request: web.Request) -> web.Response:
         return web.Response(text="ok") if self.healthy else web.Response(status=503)
 
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
+    def make_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_get("/health", self.health)
-        runner = web.AppRunner(app, shutdown_timeout=0.1)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> "ScriptedReplica":
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        return app
 
 
-class RouterThread:
+class RouterThread(ThreadedApp):
     """A Router (its aiohttp app) served from a background thread; `.router` is the live object."""
 
     def __init__(self, backends: list[str], policy: str = "round_robin", **config):
+        super().__init__()
         health = HealthConfig(**{k: config.pop(k) for k in list(config) if k in HealthConfig.__dataclass_fields__})
         self.router = Router(backends, policy, RouterConfig(health=health, **config))
-        self.port = free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self._ready = threading.Event()
 
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        runner = web.AppRunner(self.router.app(), shutdown_timeout=0.1)
-        self._loop.run_until_complete(runner.setup())
-        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
-        self._ready.set()
-        self._loop.run_forever()
-        self._loop.run_until_complete(runner.cleanup())
-
-    def __enter__(self) -> "RouterThread":
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        assert self._ready.wait(10)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+    def make_app(self) -> web.Application:
+        return self.router.app()
 
     def wait_until(self, predicate, timeout_s: float = 5.0) -> None:
         deadline = time.monotonic() + timeout_s

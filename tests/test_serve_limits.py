@@ -149,7 +149,7 @@ def test_no_key_no_auth_by_default(plain, monkeypatch):
     monkeypatch.delenv(API_KEY_ENV, raising=False)
     monkeypatch.delenv(API_KEY_ALIAS_ENV, raising=False)
     assert parse_args(["--model", "tiny"]).api_key is None
-    monkeypatch.setenv(API_KEY_ALIAS_ENV, "alias")                # OPENAI_API_KEY, as the issue asks
+    monkeypatch.setenv(API_KEY_ALIAS_ENV, "alias")                # OPENAI_API_KEY, the last fallback
     assert (parse_args(["--model", "tiny"]).api_key, parse_args(["--model", "tiny"]).api_key_source) == \
         ("alias", "$OPENAI_API_KEY")
     monkeypatch.setenv(API_KEY_ENV, "from-env")                   # the server's own variable wins

@@ -18,6 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from common.device import synchronize
 from common.llama import ContextLengthError, Llama, LlamaConfig
 
 COMPILE_MODES = ("inductor", "freezing", "cpp_wrapper")
@@ -28,7 +29,10 @@ class StaticKVCache:
 
     `position` is a long tensor [1]: where the next token is written. The model calls `attend`
     per layer; `advance` is a no-op inside the graph (an int attribute changing there would add a
-    guard); the driver calls `step_done(n)`, which moves `position` in place, outside the graph."""
+    guard); the driver calls `step_done(n)`, which moves `position` in place, outside the graph.
+
+    定义于 第11章 §11.5
+    """
 
     def __init__(self, config: LlamaConfig, max_batch: int, max_seq_len: int,
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
@@ -76,7 +80,10 @@ class StaticKVCache:
 
 
 def make_step(model: Llama, cache: StaticKVCache) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The decode step to compile: tokens [B, 1] -> last-position logits [B, vocab]."""
+    """The decode step to compile: tokens [B, 1] -> last-position logits [B, vocab].
+
+    定义于 第11章 §11.5
+    """
 
     def step(tokens: torch.Tensor) -> torch.Tensor:
         return model(tokens, positions=cache.positions(tokens.shape[1]), cache=cache)[:, -1]
@@ -89,7 +96,10 @@ def compile_step(step: Callable, mode: str, backend: str = "inductor") -> Callab
 
     Every other dimension stays static; the batch dimension of `tokens` is marked *unbacked* (a symbol
     with no 0/1 specialisation), so one graph serves batch 1, 8 and 32 and the decode steps never
-    recompile. backend="eager" traces with Dynamo only (no code generation: the tests count graphs so)."""
+    recompile. backend="eager" traces with Dynamo only (no code generation: the tests count graphs so).
+
+    定义于 第11章 §11.5
+    """
     options = {"inductor": {}, "freezing": {"freezing": True}, "cpp_wrapper": {"cpp_wrapper": True}}
     if mode not in options:
         raise ValueError(f"unknown compile mode {mode!r}; use one of {COMPILE_MODES}")
@@ -107,7 +117,10 @@ def truncated(model: Llama, num_layers: int) -> Llama:
     """The model's first `num_layers` decoder layers (same weights, same final norm and LM head), in place.
 
     Why: inductor's compile time grows with the number of layers it generates code for; a few real
-    SmolLM2 layers keep three compile modes inside a notebook's time budget on a 2-core CPU."""
+    SmolLM2 layers keep three compile modes inside a notebook's time budget on a 2-core CPU.
+
+    定义于 第11章 §11.5
+    """
     if not 1 <= num_layers <= len(model.layers):
         raise ValueError(f"num_layers must be in 1..{len(model.layers)}, got {num_layers}")
     model.layers = model.layers[:num_layers]
@@ -117,6 +130,10 @@ def truncated(model: Llama, num_layers: int) -> Llama:
 
 @dataclass
 class DecodeRun:
+    """What one decode run returns: greedy tokens, every step's logits and its timings.
+
+    定义于 第11章 §11.5
+    """
     tokens: torch.Tensor       # [B, steps] greedy tokens
     logits: torch.Tensor       # [B, steps, vocab] fp32 logits of every decode step
     first_call_s: float        # first decode step (compile + run for a compiled step)
@@ -126,7 +143,10 @@ class DecodeRun:
 @torch.no_grad()
 def greedy_decode(model: Llama, step: Callable, cache: StaticKVCache, prompt: torch.Tensor,
                   steps: int) -> DecodeRun:
-    """Prefill `prompt` [B, S] eagerly into `cache`, then `steps` greedy decode steps through `step`."""
+    """Prefill `prompt` [B, S] eagerly into `cache`, then `steps` greedy decode steps through `step`.
+
+    定义于 第11章 §11.5
+    """
     if steps < 2:
         raise ValueError(f"steps must be >= 2 (one compiles, the rest are timed), got {steps}")
     if prompt.shape[1] + steps > cache.max_seq_len:
@@ -138,8 +158,10 @@ def greedy_decode(model: Llama, step: Callable, cache: StaticKVCache, prompt: to
     token = logits.argmax(-1, keepdim=True)
     tokens, all_logits, times = [], [], []
     for _ in range(steps):
+        synchronize(token.device)
         start = time.perf_counter()
         logits = step(token)
+        synchronize(token.device)      # a compiled CUDA step returns before its kernels finish
         times.append(time.perf_counter() - start)
         cache.step_done(1)
         all_logits.append(logits.float())

@@ -19,7 +19,10 @@ from datetime import datetime, timedelta
 
 
 def stable_json(obj) -> str:
-    """Deterministic JSON: sorted keys, fixed separators, so equal objects give equal bytes (and tokens)."""
+    """Deterministic JSON: sorted keys, fixed separators, so equal objects give equal bytes (and tokens).
+
+    定义于 第11章 §11.1.7
+    """
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -29,7 +32,10 @@ def _message(role: str, content: str) -> str:
 
 @dataclass
 class PrefixStableBuilder:
-    """Static system prompt + sorted tools + append-only log."""
+    """Static system prompt + sorted tools + append-only log.
+
+    定义于 第11章 §11.1.7
+    """
     system: str
     tools: list[dict]
     events: list[tuple[str, object]] = field(default_factory=list)
@@ -54,7 +60,10 @@ class PrefixStableBuilder:
 
 @dataclass
 class TimestampBuilder(PrefixStableBuilder):
-    """Puts the current time at the very front of the system prompt (a common anti-pattern)."""
+    """Puts the current time at the very front of the system prompt (a common anti-pattern).
+
+    定义于 第11章 §11.1.7
+    """
     start: datetime = datetime(2026, 1, 22, 9, 0, 0)
     seconds_per_step: int = 37
 
@@ -67,7 +76,10 @@ class TimestampBuilder(PrefixStableBuilder):
 @dataclass
 class EditingBuilder(PrefixStableBuilder):
     """Rewrites history: keeps only the last `keep_full` observations verbatim (older ones are truncated),
-    serialises JSON with the dict's own key order, which the agent shuffles (seeded) every step."""
+    serialises JSON with the dict's own key order, which the agent shuffles (seeded) every step.
+
+    定义于 第11章 §11.1.7
+    """
     keep_full: int = 2
     truncate_chars: int = 80
     seed: int = 0
@@ -88,7 +100,10 @@ class EditingBuilder(PrefixStableBuilder):
 
 def agent_trace(builder: PrefixStableBuilder, observations: list[str], steps: int) -> list[str]:
     """Drive `builder` through a deterministic agent loop: each step appends a tool call and its observation,
-    and the prompt the agent would send at that step is recorded. Returns `steps` prompts."""
+    and the prompt the agent would send at that step is recorded. Returns `steps` prompts.
+
+    定义于 第11章 §11.1.7
+    """
     tools_cycle = sorted(t["name"] for t in builder.tools)
     builder.append("user", "Read the attached notes on light and summarise every experiment with its result.")
     prompts = []
@@ -102,6 +117,10 @@ def agent_trace(builder: PrefixStableBuilder, observations: list[str], steps: in
 
 
 def common_prefix_len(a: list[int], b: list[int]) -> int:
+    """Tokens two prompts share from the start: the part a prefix cache can reuse.
+
+    定义于 第11章 §11.1.7
+    """
     n = 0
     for x, y in zip(a, b):
         if x != y:

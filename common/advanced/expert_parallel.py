@@ -33,7 +33,10 @@ def _free_port() -> int:
 def ep_layer(x: torch.Tensor, router: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor, top_k: int,
              rank: int, world: int) -> tuple[torch.Tensor, dict[str, int]]:
     """One MoE layer under EP on this rank's tokens x [T, H]. gate_up/down are ALL experts' weights; this
-    rank uses only its slice (experts rank*E/world ... (rank+1)*E/world - 1). Returns (out [T, H], bytes)."""
+    rank uses only its slice (experts rank*E/world ... (rank+1)*E/world - 1). Returns (out [T, H], bytes).
+
+    定义于 第11章 §11.8.1
+    """
     num_experts, hidden = router.shape[0], x.shape[1]
     local = num_experts // world
     weights, ids = route(torch.nn.functional.linear(x, router), top_k)
@@ -85,7 +88,10 @@ def _worker(rank: int, world: int, port: int, folder: str, top_k: int) -> None:
 def run_expert_parallel(x: torch.Tensor, router: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
                         top_k: int, world: int = 2) -> tuple[torch.Tensor, list[dict[str, int]]]:
     """Spawn `world` gloo ranks, split x's tokens across them, run one EP MoE layer; return the gathered
-    output [T, H] and each rank's byte counts."""
+    output [T, H] and each rank's byte counts.
+
+    定义于 第11章 §11.8.1
+    """
     if router.shape[0] % world:
         raise ValueError(f"{router.shape[0]} experts do not split over {world} ranks")
     with tempfile.TemporaryDirectory() as tmp:

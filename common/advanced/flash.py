@@ -17,7 +17,10 @@ import torch
 
 @dataclass
 class HBMCounter:
-    """Bytes moved between "HBM" (the tensors passed in) and "SRAM" (the tiles being worked on)."""
+    """Bytes moved between "HBM" (the tensors passed in) and "SRAM" (the tiles being worked on).
+
+    定义于 第11章 §11.6
+    """
     read_bytes: int = 0
     write_bytes: int = 0
 
@@ -53,7 +56,10 @@ def flash_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, c
 
     q: [..., Sq, D], k/v: [..., Sk, D] (same leading dims). causal=True follows SDPA's `is_causal`
     (query i sees keys 0..i) and skips K/V tiles that lie wholly above the diagonal. Statistics and the
-    accumulator are fp32; the output has q's dtype. `counter` (optional) receives the tile traffic."""
+    accumulator are fp32; the output has q's dtype. `counter` (optional) receives the tile traffic.
+
+    定义于 第11章 §11.6
+    """
     _check(q, k, v, block_m, block_n)
     counter = counter if counter is not None else HBMCounter()
     seq_q, seq_k, dim = q.shape[-2], k.shape[-2], q.shape[-1]
@@ -88,7 +94,10 @@ def standard_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                counter: HBMCounter | None = None) -> torch.Tensor:
     """Algorithm 0 of the FlashAttention paper: S = QKᵀ and P = softmax(S) go to HBM and come back.
 
-    Counts read Q, K; write S; read S; write P; read P, V; write O = 4Nd + 4N² elements for Sq = Sk = N."""
+    Counts read Q, K; write S; read S; write P; read P, V; write O = 4Nd + 4N² elements for Sq = Sk = N.
+
+    定义于 第11章 §11.6
+    """
     _check(q, k, v, 1, 1)
     counter = counter if counter is not None else HBMCounter()
     scores = counter.write(counter.read(q) @ counter.read(k).transpose(-1, -2) / math.sqrt(q.shape[-1]))
@@ -98,7 +107,10 @@ def standard_attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 def tile_size_for_sram(sram_elements: int, head_dim: int) -> int:
     """Rows per tile when a Q tile, its fp32 accumulator and one K and one V tile share M elements:
-    4·B·d ≤ M, so B = ⌊M / 4d⌋ (FlashAttention's B_c = ⌈M/4d⌉)."""
+    4·B·d ≤ M, so B = ⌊M / 4d⌋ (FlashAttention's B_c = ⌈M/4d⌉).
+
+    定义于 第11章 §11.6
+    """
     block = sram_elements // (4 * head_dim)
     if block < 1:
         raise ValueError(f"SRAM of {sram_elements} elements cannot hold 4 rows of head_dim {head_dim}")
@@ -106,11 +118,17 @@ def tile_size_for_sram(sram_elements: int, head_dim: int) -> int:
 
 
 def standard_io_elements(seq_len: int, head_dim: int) -> int:
-    """HBM elements moved by standard attention: 4Nd + 4N² (Θ(Nd + N²))."""
+    """HBM elements moved by standard attention: 4Nd + 4N² (Θ(Nd + N²)).
+
+    定义于 第11章 §11.6
+    """
     return 4 * seq_len * head_dim + 4 * seq_len * seq_len
 
 
 def flash_io_elements(seq_len: int, head_dim: int, block_m: int) -> int:
     """HBM elements moved by the tiled forward (non-causal, Q tiles outer): Q once, O once, and K and V
-    once per Q tile: 2Nd + 2Nd·⌈N/B_r⌉. With B_r = M/4d this is ≈ 8N²d²/M = Θ(N²d²/M)."""
+    once per Q tile: 2Nd + 2Nd·⌈N/B_r⌉. With B_r = M/4d this is ≈ 8N²d²/M = Θ(N²d²/M).
+
+    定义于 第11章 §11.6
+    """
     return 2 * seq_len * head_dim + 2 * seq_len * head_dim * math.ceil(seq_len / block_m)

@@ -60,7 +60,10 @@ std::vector<torch::Tensor> fused_add_rms_norm(torch::Tensor x, torch::Tensor res
 
 def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                            eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """Unfused: (rms_norm(x + residual) * weight, x + residual) with F.rms_norm."""
+    """Unfused: (rms_norm(x + residual) * weight, x + residual) with F.rms_norm.
+
+    定义于 第11章 §11.7
+    """
     hidden = x + residual
     return F.rms_norm(hidden, (hidden.shape[-1],), weight, eps), hidden
 
@@ -69,7 +72,10 @@ def add_rms_norm_reference(x: torch.Tensor, residual: torch.Tensor, weight: torc
 def load_cpp_extension(verbose: bool = False):
     """Build (first call, tens of seconds) or load (cached under .cache/torch_extensions) the C++ kernel.
 
-    Returns (module, seconds this call took)."""
+    Returns (module, seconds this call took).
+
+    定义于 第11章 §11.7
+    """
     from torch.utils.cpp_extension import load_inline
 
     build_dir = CACHE_DIR / "torch_extensions" / "llm_labs_fused_add_rms_norm"
@@ -91,7 +97,10 @@ def _check(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor) -> Non
 @torch.library.custom_op("llm_labs::fused_add_rms_norm", mutates_args=())
 def fused_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                        eps: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + residual) * weight, x + residual) by the C++ kernel, as one torch op."""
+    """(rms_norm(x + residual) * weight, x + residual) by the C++ kernel, as one torch op.
+
+    定义于 第11章 §11.7
+    """
     _check(x, residual, weight)
     module, _ = load_cpp_extension()
     y, h = module.fused_add_rms_norm(x, residual, weight, eps)

@@ -19,7 +19,10 @@ from torch import nn
 def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k routing: softmax over all experts (fp32), keep the k largest, renormalise them to sum to 1.
 
-    Returns (weights [T, k] fp32, expert ids [T, k] int64), the way Mixtral's router does."""
+    Returns (weights [T, k] fp32, expert ids [T, k] int64), the way Mixtral's router does.
+
+    定义于 第11章 §11.3
+    """
     if not 1 <= top_k <= router_logits.shape[-1]:
         raise ValueError(f"top_k must be in [1, {router_logits.shape[-1]}], got {top_k}")
     probs = torch.softmax(router_logits.float(), dim=-1)
@@ -28,7 +31,10 @@ def route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
 
 
 def expert_ffn(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
-    """One SwiGLU expert: down(silu(gate x) * up x). gate_up [2I, H], down [H, I]."""
+    """One SwiGLU expert: down(silu(gate x) * up x). gate_up [2I, H], down [H, I].
+
+    定义于 第11章 §11.3
+    """
     gate, up = F.linear(x, gate_up).chunk(2, dim=-1)
     return F.linear(F.silu(gate) * up, down)
 
@@ -38,7 +44,10 @@ def moe_forward(x: torch.Tensor, router: torch.Tensor, gate_up: torch.Tensor, do
     """out[t] = sum_j w[t, j] * expert_{id[t, j]}(x[t]) for x [T, H]. Returns (out [T, H], router logits [T, E]).
 
     Tokens are grouped per expert (one matmul per expert that received tokens). keep [T, k] (optional, from
-    `capacity_keep`) drops assignments that overflowed an expert's capacity: a dropped slot adds nothing."""
+    `capacity_keep`) drops assignments that overflowed an expert's capacity: a dropped slot adds nothing.
+
+    定义于 第11章 §11.3
+    """
     logits = F.linear(x, router)
     weights, ids = route(logits, top_k)
     if keep is not None:
@@ -60,7 +69,10 @@ def moe_forward(x: torch.Tensor, router: torch.Tensor, gate_up: torch.Tensor, do
 
 
 class MoEBlock(nn.Module):
-    """A sparse MoE MLP with Mixtral's parameter names (gate.weight, experts.gate_up_proj, experts.down_proj)."""
+    """A sparse MoE MLP with Mixtral's parameter names (gate.weight, experts.gate_up_proj, experts.down_proj).
+
+    定义于 第11章 §11.3
+    """
 
     def __init__(self, hidden: int, intermediate: int, num_experts: int, top_k: int) -> None:
         super().__init__()
@@ -104,7 +116,10 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor
     """Switch/Mixtral auxiliary loss: E * sum_e f_e * P_e, where f_e is the share of top-k slots routed to e
     and P_e the mean router probability of e (f summed over the k slots). Equals top_k when routing is uniform
     and grows as load concentrates.
-    (Same formula as transformers' `load_balancing_loss_func` without an attention mask.)"""
+    (Same formula as transformers' `load_balancing_loss_func` without an attention mask.)
+
+    定义于 第11章 §11.3
+    """
     num_experts = router_logits.shape[-1]
     probs = torch.softmax(router_logits.float(), dim=-1)
     _, ids = torch.topk(probs, top_k, dim=-1)
@@ -113,12 +128,18 @@ def load_balancing_loss(router_logits: torch.Tensor, top_k: int) -> torch.Tensor
 
 
 def expert_load(expert_ids: torch.Tensor, num_experts: int) -> torch.Tensor:
-    """How many (token, slot) assignments each expert received."""
+    """How many (token, slot) assignments each expert received.
+
+    定义于 第11章 §11.3
+    """
     return torch.bincount(expert_ids.reshape(-1), minlength=num_experts)
 
 
 def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
-    """GShard/Switch capacity: ceil(capacity_factor * tokens * k / experts) slots per expert."""
+    """GShard/Switch capacity: ceil(capacity_factor * tokens * k / experts) slots per expert.
+
+    定义于 第11章 §11.3
+    """
     if capacity_factor <= 0:
         raise ValueError(f"capacity_factor must be > 0, got {capacity_factor}")
     return math.ceil(capacity_factor * num_tokens * top_k / num_experts)
@@ -126,7 +147,10 @@ def expert_capacity(num_tokens: int, num_experts: int, top_k: int, capacity_fact
 
 def capacity_keep(expert_ids: torch.Tensor, num_experts: int, capacity: int) -> torch.Tensor:
     """Bool [T, k]: which assignments fit. Priority: every token's 1st choice (in token order), then every
-    2nd choice, ... (Switch/GShard order); an expert accepts its first `capacity` assignments, drops the rest."""
+    2nd choice, ... (Switch/GShard order); an expert accepts its first `capacity` assignments, drops the rest.
+
+    定义于 第11章 §11.3
+    """
     if capacity < 0:
         raise ValueError(f"capacity must be >= 0, got {capacity}")
     tokens, top_k = expert_ids.shape
@@ -137,7 +161,10 @@ def capacity_keep(expert_ids: torch.Tensor, num_experts: int, capacity: int) -> 
 
 
 def dropped_fraction(expert_ids: torch.Tensor, num_experts: int, capacity_factor: float) -> float:
-    """Share of (token, slot) assignments that overflow the capacity."""
+    """Share of (token, slot) assignments that overflow the capacity.
+
+    定义于 第11章 §11.3
+    """
     tokens, top_k = expert_ids.shape
     cap = expert_capacity(tokens, num_experts, top_k, capacity_factor)
     return 1.0 - capacity_keep(expert_ids, num_experts, cap).float().mean().item()
@@ -149,7 +176,10 @@ def vllm_cpu_fused_moe(x: torch.Tensor, gate_up: torch.Tensor, down: torch.Tenso
     in this process: prepack the weights as vLLM does after loading, then run the op.
 
     isa "vec" is the portable kernel; "amx" needs the AMX tile permission that this kernel asks the OS for.
-    Importing vllm takes ~15 s and prints to stderr: call it from a subprocess in notebooks."""
+    Importing vllm takes ~15 s and prints to stderr: call it from a subprocess in notebooks.
+
+    定义于 第11章 §11.3
+    """
     import vllm._custom_ops as ops
     from vllm.model_executor.layers.fused_moe.activation import MoEActivation
 
@@ -165,7 +195,10 @@ def vllm_cpu_fused_moe_subprocess(x: torch.Tensor, gate_up: torch.Tensor, down: 
                                   topk_weights: torch.Tensor, topk_ids: torch.Tensor, isa: str = "vec",
                                   timeout: float = 300) -> torch.Tensor:
     """`vllm_cpu_fused_moe` in a child Python (`python -m common.advanced.moe IN OUT ISA`), so that vLLM's
-    import-time logs stay out of the caller's output. Raises RuntimeError with the child's last lines."""
+    import-time logs stay out of the caller's output. Raises RuntimeError with the child's last lines.
+
+    定义于 第11章 §11.3
+    """
     import subprocess
     import sys
     import tempfile
@@ -196,7 +229,10 @@ if __name__ == "__main__":
 def moe_param_counts(num_layers: int, hidden: int, intermediate: int, num_experts: int, top_k: int,
                      num_heads: int, num_kv_heads: int, head_dim: int, vocab: int, tied: bool = False) -> dict:
     """Total and per-token active parameters of a Mixtral-style decoder (attention + SwiGLU experts + router,
-    embedding and LM head; norms ignored): what "sparse activation" saves in compute per token."""
+    embedding and LM head; norms ignored): what "sparse activation" saves in compute per token.
+
+    定义于 第11章 §11.3
+    """
     attn = hidden * head_dim * (2 * num_heads + 2 * num_kv_heads)
     expert = 3 * hidden * intermediate
     router = hidden * num_experts

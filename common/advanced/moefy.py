@@ -25,7 +25,10 @@ def cluster_neurons(mlp: SwiGLU, num_experts: int, iterations: int = 5, seed: in
                     inputs: torch.Tensor | None = None) -> torch.Tensor:
     """Groups [E, I/E] of neuron indices by balanced k-means (cosine). Features: each neuron's |activation| over
     calibration `inputs` [N, H] when given (neurons that fire together share an expert, MoEfication's
-    co-activation idea), else its gate and up weight rows."""
+    co-activation idea), else its gate and up weight rows.
+
+    定义于 第11章 §11.3
+    """
     inter = mlp.gate_proj.weight.shape[0]
     if inter % num_experts:
         raise ValueError(f"{inter} neurons do not split into {num_experts} equal experts")
@@ -58,13 +61,19 @@ def cluster_neurons(mlp: SwiGLU, num_experts: int, iterations: int = 5, seed: in
 
 
 def expert_norms(mlp: SwiGLU, x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """L2 norm of each expert's intermediate activation, [..., E]."""
+    """L2 norm of each expert's intermediate activation, [..., E].
+
+    定义于 第11章 §11.3
+    """
     act = F.silu(mlp.gate_proj(x)) * mlp.up_proj(x)
     return act[..., groups].norm(dim=-1)
 
 
 def fit_router(mlp: SwiGLU, inputs: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Router weights [E, H + 1] (last column = bias): least squares from MLP inputs to expert norms."""
+    """Router weights [E, H + 1] (last column = bias): least squares from MLP inputs to expert norms.
+
+    定义于 第11章 §11.3
+    """
     with torch.no_grad():
         x = inputs.reshape(-1, inputs.shape[-1]).float()
         target = expert_norms(mlp, x, groups)
@@ -73,7 +82,10 @@ def fit_router(mlp: SwiGLU, inputs: torch.Tensor, groups: torch.Tensor) -> torch
 
 
 class MoEfiedMLP(nn.Module):
-    """A dense SwiGLU run as E experts, of which each token uses top_k (router: "learned" or "oracle")."""
+    """A dense SwiGLU run as E experts, of which each token uses top_k (router: "learned" or "oracle").
+
+    定义于 第11章 §11.3
+    """
 
     def __init__(self, mlp: SwiGLU, groups: torch.Tensor, router: torch.Tensor, top_k: int,
                  router_kind: str = "learned") -> None:
@@ -98,7 +110,10 @@ class MoEfiedMLP(nn.Module):
 
 @torch.no_grad()
 def mlp_inputs(model: Llama, ids: torch.Tensor) -> list[torch.Tensor]:
-    """Each layer's MLP input (after post_attention_layernorm) on `ids`, from the dense model."""
+    """Each layer's MLP input (after post_attention_layernorm) on `ids`, from the dense model.
+
+    定义于 第11章 §11.3
+    """
     captured: list[torch.Tensor] = []
     hooks = [layer.mlp.register_forward_pre_hook(lambda _m, args: captured.append(args[0].detach()))
              for layer in model.layers]
@@ -113,7 +128,10 @@ def mlp_inputs(model: Llama, ids: torch.Tensor) -> list[torch.Tensor]:
 def moefy(model: Llama, calibration_ids: torch.Tensor, num_experts: int = 8, seed: int = 0,
           cluster_on: str = "activations") -> list[MoEfiedMLP]:
     """Replace every layer's MLP of `model` (in place) by a MoEfiedMLP with top_k = num_experts (= dense);
-    set `.top_k` / `.router_kind` on the returned modules to sparsify. cluster_on: "activations" or "weights"."""
+    set `.top_k` / `.router_kind` on the returned modules to sparsify. cluster_on: "activations" or "weights".
+
+    定义于 第11章 §11.3
+    """
     if cluster_on not in ("activations", "weights"):
         raise ValueError(f"cluster_on must be 'activations' or 'weights', got {cluster_on!r}")
     inputs = mlp_inputs(model, calibration_ids)

@@ -25,7 +25,10 @@ def sink_window_mask(num_queries: int, num_keys: int | None = None, window: int 
     """Bool [num_queries, num_keys], True = may attend. Queries are the last num_queries keys.
 
     Query i (absolute position p) sees key j when j <= p and (p - j < window or j < num_sinks);
-    window=None is dense causal. `window` counts the query itself, as transformers' sliding_window does."""
+    window=None is dense causal. `window` counts the query itself, as transformers' sliding_window does.
+
+    定义于 第11章 §11.6
+    """
     num_keys = num_queries if num_keys is None else num_keys
     if num_queries > num_keys:
         raise ValueError(f"more queries ({num_queries}) than keys ({num_keys})")
@@ -45,7 +48,10 @@ class MaskedAttention:
     """A stateless `AttentionCache` for one full forward: attention under a fixed mask.
 
     With record_sink_mass=True it also keeps, per layer, the mean attention weight that queries at
-    positions >= min_query put on key 0 (averaged over heads and those queries)."""
+    positions >= min_query put on key 0 (averaged over heads and those queries).
+
+    定义于 第11章 §11.6
+    """
 
     def __init__(self, mask: torch.Tensor, record_sink_mass: bool = False, min_query: int = 1) -> None:
         self.mask = mask
@@ -69,26 +75,39 @@ class MaskedAttention:
 
 
 def token_nll(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood [seq-1] of ids[1:] under logits[:-1] (batch 1)."""
+    """Per-token negative log-likelihood [seq-1] of ids[1:] under logits[:-1] (batch 1).
+
+    定义于 第11章 §11.6
+    """
     return F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="none")
 
 
 @torch.no_grad()
 def masked_nll(model: Llama, ids: torch.Tensor, window: int | None = None, num_sinks: int = 0) -> torch.Tensor:
-    """Per-token NLL of one sequence [1, S] under a dense / window / sinks+window mask."""
+    """Per-token NLL of one sequence [1, S] under a dense / window / sinks+window mask.
+
+    定义于 第11章 §11.6
+    """
     mask = sink_window_mask(ids.shape[1], window=window, num_sinks=num_sinks, device=ids.device)
     return token_nll(model(ids, cache=MaskedAttention(mask)), ids)
 
 
 @torch.no_grad()
 def sink_attention_mass(model: Llama, ids: torch.Tensor, min_query: int = 16) -> list[float]:
-    """Mean attention weight on token 0, per layer, for queries at positions >= min_query (dense causal)."""
+    """Mean attention weight on token 0, per layer, for queries at positions >= min_query (dense causal).
+
+    定义于 第11章 §11.6
+    """
     cache = MaskedAttention(sink_window_mask(ids.shape[1], device=ids.device), True, min_query)
     model(ids, cache=cache)
     return [cache.sink_mass[i] for i in range(len(model.layers))]
 
 
 def perplexity(nll: torch.Tensor) -> float:
+    """exp(mean NLL): the one number that shows whether a KV window kept the model intact.
+
+    定义于 第11章 §11.6
+    """
     return math.exp(nll.float().mean().item())
 
 
@@ -99,7 +118,10 @@ class StreamingCache:
     their original positions (their distance to the query is the same inside the cache). With
     shift_positions=True, sink keys are re-rotated every step so that their distance to the query is their
     distance *inside the cache* (what the paper does); with False they keep their original positions, which
-    equals the sinks + window mask exactly."""
+    equals the sinks + window mask exactly.
+
+    定义于 第11章 §11.6
+    """
 
     def __init__(self, model: Llama, window: int, num_sinks: int, shift_positions: bool = True) -> None:
         if window < 1 or num_sinks < 0:
@@ -157,7 +179,10 @@ def streaming_nll(model: Llama, ids: torch.Tensor, window: int, num_sinks: int,
                   shift_positions: bool = True, progress=None) -> tuple[torch.Tensor, int]:
     """Per-token NLL [S-1] of the token-by-token StreamingLLM loop, and the largest cache it used.
 
-    `window` counts the current token, as in `sink_window_mask`. progress: optional callable(n) per step."""
+    `window` counts the current token, as in `sink_window_mask`. progress: optional callable(n) per step.
+
+    定义于 第11章 §11.6
+    """
     cache = StreamingCache(model, window, num_sinks, shift_positions)
     nll = []
     for t in range(ids.shape[1] - 1):
@@ -172,7 +197,10 @@ def hf_sliding_window_model(name: str, window: int, dtype: torch.dtype = torch.f
     """The real peer: a Llama checkpoint's weights in transformers' MistralForCausalLM with sliding_window.
 
     Mistral is Llama's architecture plus a sliding-window mask, so the state dict loads unchanged; its
-    `sliding_window` keeps the query and the window - 1 keys before it, as `sink_window_mask` does."""
+    `sliding_window` keeps the query and the window - 1 keys before it, as `sink_window_mask` does.
+
+    定义于 第11章 §11.6
+    """
     from safetensors.torch import load_file
     from transformers import LlamaConfig as HFLlamaConfig
     from transformers import MistralConfig, MistralForCausalLM

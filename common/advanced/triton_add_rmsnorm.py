@@ -5,16 +5,12 @@ On CPU it runs in Triton's interpreter: correct, and slow (numpy per program), s
 """
 from __future__ import annotations
 
-import os
-import sys
 
 import torch
 
-if not torch.cuda.is_available():   # before triton's first import: its standard library is @jit-decorated then
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ImportError("triton was imported before TRITON_INTERPRET=1 was set (by torch.compile or the profiler?): "
-                          f"import {__name__} first, or set TRITON_INTERPRET=1 in the environment")
-    os.environ["TRITON_INTERPRET"] = "1"
+from common.device import use_triton_interpreter_without_cuda
+
+use_triton_interpreter_without_cuda(__name__)   # before triton's first import
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -38,7 +34,10 @@ def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, y_ptr, h_ptr, n_cols, eps, BLOCK:
 
 def triton_add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                         eps: float = 1e-5) -> tuple[torch.Tensor, torch.Tensor]:
-    """(rms_norm(x + residual) * weight, x + residual) over the last dimension (statistics in fp32)."""
+    """(rms_norm(x + residual) * weight, x + residual) over the last dimension (statistics in fp32).
+
+    定义于 第11章 §11.7
+    """
     check_tensor(x, "x")
     check_tensor(residual, "residual")
     check_tensor(weight, "weight", ndim=1)

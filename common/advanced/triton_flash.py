@@ -9,16 +9,12 @@ descriptors and no allocator: fixed BLOCK_M/BLOCK_N and plain pointer arithmetic
 from __future__ import annotations
 
 import math
-import os
-import sys
 
 import torch
 
-if not torch.cuda.is_available():   # before triton's first import: its standard library is @jit-decorated then
-    if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":
-        raise ImportError("triton was imported before TRITON_INTERPRET=1 was set (by torch.compile or the profiler?): "
-                          f"import {__name__} first, or set TRITON_INTERPRET=1 in the environment")
-    os.environ["TRITON_INTERPRET"] = "1"
+from common.device import use_triton_interpreter_without_cuda
+
+use_triton_interpreter_without_cuda(__name__)   # before triton's first import
 
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
@@ -67,7 +63,10 @@ def triton_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: 
                      block_m: int = 32, block_n: int = 32) -> torch.Tensor:
     """Attention of q [B, H, Sq, D] over k/v [B, H, Sk, D] (same heads), SDPA's `is_causal` convention.
 
-    D must be a power of two >= 16 and the blocks powers of two >= 16 (tl.dot's minimum tile)."""
+    D must be a power of two >= 16 and the blocks powers of two >= 16 (tl.dot's minimum tile).
+
+    定义于 第11章 §11.6
+    """
     for name, t in (("q", q), ("k", k), ("v", v)):
         check_tensor(t, name, ndim=4)
     if k.shape != v.shape or q.shape[:2] != k.shape[:2] or q.shape[-1] != k.shape[-1]:

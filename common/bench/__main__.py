@@ -11,6 +11,10 @@ from .offline import DEFAULT_FIGURE, ENGINES, run_offline
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Command line of `python -m common.bench offline|serve`: parse the flags and run that benchmark.
+
+    定义于 第10章 §10.5.5
+    """
     parser = argparse.ArgumentParser(prog="python -m common.bench")
     sub = parser.add_subparsers(dest="mode", required=True)
     off = sub.add_parser("offline", help="offline throughput: same random workload through each engine")

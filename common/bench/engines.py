@@ -22,6 +22,10 @@ def _b1_prompt(vocab: int) -> list[int]:
 
 
 def guarded(engine: str, fn: Callable[[], dict]) -> dict:
+    """Run one engine; a failure becomes an error row in the results instead of aborting the benchmark.
+
+    定义于 第10章 §10.5.5
+    """
     try:
         return fn()
     except Exception as exc:  # reported, never silently dropped
@@ -31,6 +35,10 @@ def guarded(engine: str, fn: Callable[[], dict]) -> dict:
 
 def run_common(workload: Workload, model: str, dtype: str, engine_kwargs: dict | None = None,
                use_tqdm: bool = True) -> dict:
+    """Our engine (`common.engine.LLM`) on the workload: outputs, throughput and latency.
+
+    定义于 第10章 §10.5.5
+    """
     from ..engine import LLM, SamplingParams
 
     t0 = time.perf_counter()
@@ -78,7 +86,10 @@ def _hf_generate(model, batch: list[list[int]], new_tokens: int) -> torch.Tensor
 @torch.inference_mode()
 def run_hf(workload: Workload, model: str, dtype: str, batch_size: int = 16) -> dict:
     """transformers `generate` over static batches in arrival order: every batch runs until its
-    longest request is done (the padding/tail waste continuous batching removes)."""
+    longest request is done (the padding/tail waste continuous batching removes).
+
+    定义于 第10章 §10.5.5
+    """
     from ..models import load_hf_model
 
     hf = load_hf_model(model, parse_dtype(dtype))
@@ -107,7 +118,10 @@ def _hf_continuous_child(workload: Workload, model: str, dtype: str, queue) -> N
 
 def run_hf_continuous(workload: Workload, model: str, dtype: str, timeout_s: float = 240) -> dict:
     """transformers' own continuous-batching API (`generate_batch`) in a child process with a
-    time limit: on this CPU build it can stall, and a stalled peer must not stall the benchmark."""
+    time limit: on this CPU build it can stall, and a stalled peer must not stall the benchmark.
+
+    定义于 第10章 §10.5.5
+    """
     import multiprocessing as mp
     import queue as queue_mod
 
@@ -153,7 +167,10 @@ def _hf_continuous(workload: Workload, model: str, dtype: str) -> dict:
 
 
 def run_vllm_peer(workload: Workload, model: str, dtype: str) -> dict:
-    """vLLM in a child process (one engine start): the workload plus the batch-1 latency jobs."""
+    """vLLM in a child process (one engine start): the workload plus the batch-1 latency jobs.
+
+    定义于 第10章 §10.5.5
+    """
     from ..peers.vllm_runner import run_vllm
 
     prompt = _b1_prompt(workload.vocab_size)
@@ -182,7 +199,10 @@ def run_vllm_peer(workload: Workload, model: str, dtype: str) -> dict:
 def run_llama_cpp_peer(workload: Workload, model: str, dtype: str, n_seq_max: int = 16) -> dict:
     """The workload through llama.cpp's batch API (continuous batching over `llama_decode`, up to
     `n_seq_max` sequences) plus batch-1 decode ms/token and prefill of the batch-1 prompt. Its weights
-    are the GGUF's Q4_1 blocks whatever `dtype` says: the row names them in "weights"."""
+    are the GGUF's Q4_1 blocks whatever `dtype` says: the row names them in "weights".
+
+    定义于 第10章 §10.5.5
+    """
     from ..peers import llama_cpp as peer
 
     if model != "smollm2-135m":
@@ -209,7 +229,10 @@ def run_common_int4(workload: Workload, model: str, dtype: str, engine_kwargs: d
                     use_tqdm: bool = True, group_size: int = 128) -> dict:
     """`run_common` with every decoder projection RTN-quantized to INT4 (asymmetric, g128, the format our
     GPTQ/AWQ produce) and computed by `_weight_int4pack_mm_for_cpu`; the LM head stays in `dtype`. Its
-    outputs differ from the bf16 rows (other weights), so no identical-token comparison is made."""
+    outputs differ from the bf16 rows (other weights), so no identical-token comparison is made.
+
+    定义于 第10章 §10.5.5
+    """
     from ..models import load_model
     from ..quant.int4pack import decode_bytes_per_token, int4pack_model
 

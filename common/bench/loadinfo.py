@@ -14,6 +14,10 @@ from ..runinfo import busy_limit, load_average
 
 
 def load_snapshot(when: str = "start") -> dict:
+    """The load average now and whether it is too high for timings to mean something.
+
+    本书无对应章节（工具）
+    """
     one, five = load_average()
     cores = os.cpu_count() or 1
     limit = float(cores) if when == "start" else busy_limit()
@@ -22,7 +26,10 @@ def load_snapshot(when: str = "start") -> dict:
 
 
 def load_line(snapshot: dict, prefix: str = "[bench]") -> str:
-    """'[bench] machine load at start: 0.52 (1 min), 0.40 (5 min) on 2 cores' (+ a WARNING line if busy)."""
+    """'[bench] machine load at start: 0.52 (1 min), 0.40 (5 min) on 2 cores' (+ a WARNING line if busy).
+
+    本书无对应章节（工具）
+    """
     text = (f"{prefix} machine load at {snapshot['when']}: {snapshot['load_1min']:.2f} (1 min), "
             f"{snapshot['load_5min']:.2f} (5 min) on {snapshot['cores']} cores")
     if snapshot["too_busy"]:
@@ -33,5 +40,8 @@ def load_line(snapshot: dict, prefix: str = "[bench]") -> str:
 
 
 def load_block(start: dict, end: dict, prefix: str = "[bench]") -> str:
-    """Both lines, start then end, for printing beside a results table."""
+    """Both lines, start then end, for printing beside a results table.
+
+    本书无对应章节（工具）
+    """
     return load_line(start, prefix) + "\n" + load_line(end, prefix)

@@ -10,7 +10,10 @@ from .workload import Workload
 
 
 def percentile(values: list[float], q: float) -> float | None:
-    """Linear-interpolated percentile (q in [0, 100]); None for no values."""
+    """Linear-interpolated percentile (q in [0, 100]); None for no values.
+
+    定义于 第10章 §10.5.5
+    """
     if not values:
         return None
     return float(torch.quantile(torch.tensor(values, dtype=torch.float64), q / 100))
@@ -18,6 +21,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def summarize(workload: Workload, elapsed_s: float, ttft_s: list[float] | None = None,
               tpot_s: list[float] | None = None) -> dict:
+    """Throughput (requests, output and total tokens per second) and TTFT/TPOT percentiles of one run.
+
+    定义于 第10章 §10.5.5
+    """
     out = {"elapsed_s": elapsed_s,
            "requests_per_s": workload.num_prompts / elapsed_s,
            "output_tokens_per_s": workload.num_output_tokens / elapsed_s,
@@ -30,7 +37,10 @@ def summarize(workload: Workload, elapsed_s: float, ttft_s: list[float] | None =
 
 
 def matmul_params(config: LlamaConfig) -> tuple[int, int]:
-    """(parameters every token multiplies through the decoder layers, LM-head parameters)."""
+    """(parameters every token multiplies through the decoder layers, LM-head parameters).
+
+    定义于 第10章 §10.5.5
+    """
     h, kv = config.hidden_size, config.num_key_value_heads * config.head_dim
     q = config.num_attention_heads * config.head_dim
     per_layer = h * q + 2 * h * kv + q * h + 3 * h * config.intermediate_size
@@ -39,7 +49,10 @@ def matmul_params(config: LlamaConfig) -> tuple[int, int]:
 
 def workload_roofline(workload: Workload, config: LlamaConfig, peak_flops: float) -> dict:
     """The fastest the matmuls of this workload can go at `peak_flops`: prompt tokens through the
-    layers (LM head only on the last), output tokens through layers + LM head; attention ignored."""
+    layers (LM head only on the last), output tokens through layers + LM head; attention ignored.
+
+    定义于 第10章 §10.5.5
+    """
     layers, head = matmul_params(config)
     flops = 2 * (layers * (workload.num_input_tokens + workload.num_output_tokens)
                  + head * workload.num_output_tokens)
@@ -48,7 +61,10 @@ def workload_roofline(workload: Workload, config: LlamaConfig, peak_flops: float
 
 
 def weights_bytes(model: torch.nn.Module) -> int:
-    """Bytes of the distinct parameter tensors (a tied embedding counted once)."""
+    """Bytes of the distinct parameter tensors (a tied embedding counted once).
+
+    定义于 第10章 §10.5.5
+    """
     seen, total = set(), 0
     for p in model.parameters():
         if p.data_ptr() not in seen:
@@ -58,6 +74,10 @@ def weights_bytes(model: torch.nn.Module) -> int:
 
 
 def identical_fraction(a: list[list[int]], b: list[list[int]]) -> float:
+    """Share of requests whose outputs are identical in two runs: engines compared on what they produce.
+
+    定义于 第10章 §10.5.5
+    """
     if len(a) != len(b) or not a:
         raise ValueError("need two equally long, non-empty lists of outputs")
     return sum(x == y for x, y in zip(a, b)) / len(a)

@@ -29,7 +29,10 @@ ENGINES = ("common", "hf", "hf-cb", "vllm", "llama.cpp", "sglang", "common-int4"
 
 def fp32_exactness(model: str, num_prompts: int = 8, seed: int = 1) -> dict:
     """Our engine in fp32 (ragged batches, chunked prefill) against transformers' greedy
-    generate run one request at a time: token-for-token equality on every request."""
+    generate run one request at a time: token-for-token equality on every request.
+
+    定义于 第10章 §10.5.5
+    """
     from ..engine import LLM, SamplingParams
     from .engines import _hf_generate
     from ..models import load_hf_model
@@ -48,6 +51,10 @@ def fp32_exactness(model: str, num_prompts: int = 8, seed: int = 1) -> dict:
 
 
 def print_table(results: list[dict]) -> None:
+    """One row per engine: throughput and latency percentiles side by side.
+
+    定义于 第10章 §10.5.5
+    """
     cols = [("engine", "{}"), ("requests_per_s", "{:.2f}"), ("output_tokens_per_s", "{:.1f}"),
             ("total_tokens_per_s", "{:.1f}"), ("ttft_p50_ms", "{:.0f}"), ("ttft_p99_ms", "{:.0f}"),
             ("tpot_p50_ms", "{:.1f}"), ("tpot_p99_ms", "{:.1f}"), ("decode_latency_ms_b1", "{:.1f}")]
@@ -66,6 +73,10 @@ def print_table(results: list[dict]) -> None:
 
 
 def plot(result: dict, path: Path) -> Path:
+    """Throughput against the roofline and batch-1 latency against its floor, per engine, saved to `path`.
+
+    定义于 第10章 §10.5.5
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -97,7 +108,10 @@ def run_offline(engines=("common", "hf", "hf-cb", "vllm"), num_prompts: int = 64
                 output_len="64:256", dtype: str = "bfloat16", model: str = "smollm2-135m", seed: int = 0,
                 json_path: str | Path | None = None, figure: str | Path | None = None, check_fp32: bool = True,
                 hf_batch_size: int = 16, engine_kwargs: dict | None = None, use_tqdm: bool = True) -> dict:
-    """Run the benchmark, print the table, return the result dict (JSON-able)."""
+    """Run the benchmark, print the table, return the result dict (JSON-able).
+
+    定义于 第10章 §10.5.5
+    """
     engines = [engines] if isinstance(engines, str) else list(engines)
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:

@@ -6,7 +6,10 @@ import urllib.request
 
 def scrape(base_url: str, names: tuple[str, ...], timeout_s: float = 10) -> dict[str, float]:
     """Sum over all label sets of each metric `vllm:<name>` (or `vllm:<name>_total`, the counter
-    spelling); a name the server does not export stays 0.0, listed in result["missing"]."""
+    spelling); a name the server does not export stays 0.0, listed in result["missing"].
+
+    定义于 第10章 §10.4
+    """
     with urllib.request.urlopen(base_url.rstrip("/") + "/metrics", timeout=timeout_s) as resp:
         text = resp.read().decode()
     totals, seen = {n: 0.0 for n in names}, set()
@@ -22,5 +25,8 @@ def scrape(base_url: str, names: tuple[str, ...], timeout_s: float = 10) -> dict
 
 
 def delta(after: dict, before: dict) -> dict[str, float]:
-    """after - before for every numeric entry (counters over one benchmark run)."""
+    """after - before for every numeric entry (counters over one benchmark run).
+
+    定义于 第10章 §10.4
+    """
     return {k: after[k] - before.get(k, 0.0) for k in after if isinstance(after[k], float)}

@@ -35,7 +35,10 @@ QUANTILES = (50, 90, 99)
 
 @dataclass
 class ServeRequest:
-    """One request of a serving run: when to send it (seconds after the start) and what."""
+    """One request of a serving run: when to send it (seconds after the start) and what.
+
+    定义于 第10章 §10.5.5
+    """
     arrival_s: float
     prompt: list[int] | str
     output_len: int
@@ -47,7 +50,10 @@ class ServeRequest:
 
 
 def parse_rates(text: str | float | list) -> list[float]:
-    """"1,2,inf" → [1.0, 2.0, inf]; a rate must be positive (inf = send everything at once)."""
+    """"1,2,inf" → [1.0, 2.0, inf]; a rate must be positive (inf = send everything at once).
+
+    定义于 第10章 §10.5.5
+    """
     items = text if isinstance(text, list) else str(text).split(",")
     rates = [float(r) for r in items if str(r).strip()]
     if not rates or any(not r > 0 for r in rates):
@@ -56,7 +62,10 @@ def parse_rates(text: str | float | list) -> list[float]:
 
 
 def poisson_arrivals(n: int, rate: float, seed: int = 0) -> list[float]:
-    """Send times of `n` requests of a Poisson process at `rate` req/s (first at 0); all 0 for inf."""
+    """Send times of `n` requests of a Poisson process at `rate` req/s (first at 0); all 0 for inf.
+
+    定义于 第10章 §10.5.5
+    """
     if n < 1:
         raise ValueError(f"need at least one request, got {n}")
     if math.isinf(rate):
@@ -71,7 +80,10 @@ def poisson_arrivals(n: int, rate: float, seed: int = 0) -> list[float]:
 
 def random_requests(num_prompts: int, input_len, output_len, vocab_size: int, rate: float,
                     seed: int = 0) -> list[ServeRequest]:
-    """The offline benchmark's random-token workload (same seed → same prompts) on Poisson times."""
+    """The offline benchmark's random-token workload (same seed → same prompts) on Poisson times.
+
+    定义于 第10章 §10.5.5
+    """
     work = make_workload(num_prompts, input_len, output_len, vocab_size, seed)
     times = poisson_arrivals(num_prompts, rate, seed)
     return [ServeRequest(t, p, n) for t, p, n in zip(times, work.prompts, work.output_lens)]
@@ -79,7 +91,10 @@ def random_requests(num_prompts: int, input_len, output_len, vocab_size: int, ra
 
 def load_trace(path: str | Path) -> list[ServeRequest]:
     """A JSONL trace: one request per line with "timestamp" (s), "prompt_token_ids" or "prompt",
-    "output_len" and optionally "session_id" (sent as the OpenAI `user` field)."""
+    "output_len" and optionally "session_id" (sent as the OpenAI `user` field).
+
+    定义于 第10章 §10.5.5
+    """
     rows = []
     for lineno, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
@@ -104,7 +119,10 @@ def _quantiles_ms(values_s: list[float]) -> dict:
 
 
 def request_rows(results: list[RequestResult]) -> list[dict]:
-    """Per-request numbers (ms) of the completed requests, for plots and per-request checks."""
+    """Per-request numbers (ms) of the completed requests, for plots and per-request checks.
+
+    定义于 第10章 §10.5.5
+    """
     return [{"index": r.index, "start_s": r.start_s, "prompt_len": r.prompt_len, "output_tokens": r.output_tokens,
              "ttft_ms": r.ttft_s * 1e3, "e2e_ms": r.e2e_s * 1e3,
              "tpot_ms": None if r.tpot_s is None else r.tpot_s * 1e3} for r in results if r.ok]
@@ -113,7 +131,10 @@ def request_rows(results: list[RequestResult]) -> list[dict]:
 def summarize_run(results: list[RequestResult], duration_s: float, request_rate: float,
                   slo_ttft_ms: float | None = None, slo_tpot_ms: float | None = None) -> dict:
     """Percentiles over completed requests, throughput over the run's wall time, goodput = completed
-    requests meeting every given SLO per second; failed requests listed with their errors."""
+    requests meeting every given SLO per second; failed requests listed with their errors.
+
+    定义于 第10章 §10.5.5
+    """
     if duration_s <= 0:
         raise ValueError(f"duration must be positive, got {duration_s}")
     ok = [r for r in results if r.ok]
@@ -148,7 +169,10 @@ def summarize_run(results: list[RequestResult], duration_s: float, request_rate:
 
 
 def progress_bar(total: int, desc: str = "requests", progress: bool = True):
-    """A `tqdm.auto` bar (a widget in Jupyter); create it in the caller's thread, not in a worker."""
+    """A `tqdm.auto` bar (a widget in Jupyter); create it in the caller's thread, not in a worker.
+
+    定义于 第10章 §10.5.5
+    """
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, disable=not progress, leave=False, mininterval=2.0)
@@ -159,7 +183,10 @@ async def run_requests(base_url: str, model: str, requests: list[ServeRequest], 
                        bar=None) -> tuple[list[RequestResult], float]:
     """Send each request at its arrival time (concurrently), return (results in order, wall seconds
     from the first send to the last completion). `bar`: a progress bar to update (default: a new
-    `progress_bar`, unless `progress` is False)."""
+    `progress_bar`, unless `progress` is False).
+
+    定义于 第10章 §10.5.5
+    """
     url = base_url.rstrip("/") + "/v1/completions"
     limit = asyncio.Semaphore(max_concurrency) if max_concurrency else None
     bar = bar if bar is not None else progress_bar(len(requests), desc or "requests", progress)
@@ -189,7 +216,10 @@ async def run_requests(base_url: str, model: str, requests: list[ServeRequest], 
 
 
 def run_sync(coro):
-    """asyncio.run, also from inside a running loop (a Jupyter kernel): then in a worker thread."""
+    """asyncio.run, also from inside a running loop (a Jupyter kernel): then in a worker thread.
+
+    定义于 第10章 §10.5.5
+    """
     try:
         asyncio.get_running_loop()
     except RuntimeError:
@@ -202,7 +232,10 @@ def run_sync(coro):
 
 def warm_up(base_url: str, model: str, requests: int = 2) -> None:
     """Send `requests` short unmeasured requests: the first ones pay for lazy initialisation
-    (compilation, allocations), which no measurement should count."""
+    (compilation, allocations), which no measurement should count.
+
+    定义于 第10章 §10.5.5
+    """
     if requests:
         warm = [ServeRequest(0.0, [7 + i] * 16, 4) for i in range(requests)]
         run_sync(run_requests(base_url, model, warm, progress=False))
@@ -215,7 +248,10 @@ def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, nu
               warmup: int = 2, per_request: bool = False, progress: bool = True, print_results: bool = True) -> dict:
     """Run the workload at every request rate (or replay `trace` once) against `base_url`, after
     `warmup` short unmeasured requests; returns (and optionally writes) the benchmark JSON
-    (with `per_request`, each result also lists its completed requests under "requests")."""
+    (with `per_request`, each result also lists its completed requests under "requests").
+
+    定义于 第10章 §10.5.5
+    """
     if trace is not None:
         requests = load_trace(trace)
         span = max(r.arrival_s for r in requests)
@@ -257,7 +293,10 @@ def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, nu
 
 
 def print_table(report: dict) -> None:
-    """One line per request rate: counts, throughput, goodput, TTFT/TPOT/ITL/e2e percentiles."""
+    """One line per request rate: counts, throughput, goodput, TTFT/TPOT/ITL/e2e percentiles.
+
+    定义于 第10章 §10.5.5
+    """
     def ms(d: dict, q: str) -> str:
         return "-" if d.get(q) is None else f"{d[q]:.0f}" if d[q] >= 100 else f"{d[q]:.1f}"
 

@@ -17,7 +17,10 @@ import aiohttp
 
 @dataclass
 class RequestResult:
-    """Everything measured for one request; `error` is set (and `ok` False) when it failed."""
+    """Everything measured for one request; `error` is set (and `ok` False) when it failed.
+
+    定义于 第10章 §10.5.5
+    """
     index: int
     prompt_len: int
     max_tokens: int
@@ -49,7 +52,10 @@ class RequestResult:
 
 
 def completion_payload(model: str, prompt: list[int] | str, max_tokens: int, user: str | None = None) -> dict:
-    """The request body: greedy, ignore_eos, exactly `max_tokens` tokens, usage in the last chunk."""
+    """The request body: greedy, ignore_eos, exactly `max_tokens` tokens, usage in the last chunk.
+
+    定义于 第10章 §10.5.5
+    """
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0,
             "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True}}
     if user is not None:
@@ -80,7 +86,10 @@ def _handle_event(result: RequestResult, event: dict, now: float, last: float | 
 async def stream_completion(session: aiohttp.ClientSession, url: str, body: dict, result: RequestResult,
                             t0: float) -> RequestResult:
     """POST `body` to `url` (…/v1/completions), read the SSE stream, fill `result` in place.
-    Times are measured from the send; `t0` is the benchmark start (for `start_s`)."""
+    Times are measured from the send; `t0` is the benchmark start (for `start_s`).
+
+    定义于 第10章 §10.5.5
+    """
     sent = time.perf_counter()
     result.start_s = sent - t0
     last: float | None = None

@@ -13,12 +13,18 @@ ENGINE = "sglang"
 
 
 def unavailable_row(reason: str) -> dict:
-    """A row that says why SGLang did not run; "error" keeps it out of the speed comparisons and the figure."""
+    """A row that says why SGLang did not run; "error" keeps it out of the speed comparisons and the figure.
+
+    定义于 第10章 §10.5.5
+    """
     return {"engine": ENGINE, "unavailable": reason, "error": f"not run here: {reason}"}
 
 
 def run_sglang_peer(workload: Workload, model: str, dtype: str, b1_prompt: list[int], b1_new_tokens: int) -> dict:
-    """The same jobs as the vLLM peer (warm-up, workload, batch-1 short/long) through sglang.Engine."""
+    """The same jobs as the vLLM peer (warm-up, workload, batch-1 short/long) through sglang.Engine.
+
+    定义于 第10章 §10.5.5
+    """
     from ..models import hf_model_dir
     from ..peers.sglang_server import run_sglang_offline, unavailable_reason
     from ..peers.vllm_runner import CUDA_PEER_MEMORY_FRACTION
@@ -50,7 +56,10 @@ def run_sglang_peer(workload: Workload, model: str, dtype: str, b1_prompt: list[
 
 def serve_sglang(args, parser) -> int:
     """`python -m common.bench serve --launch sglang ...`: start SGLang's server, run the serving benchmark
-    against it, stop it. Without CUDA: print the "needs CUDA" row (and write it to --json), exit 0."""
+    against it, stop it. Without CUDA: print the "needs CUDA" row (and write it to --json), exit 0.
+
+    定义于 第10章 §10.5.5
+    """
     import json
     from pathlib import Path
 

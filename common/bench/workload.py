@@ -9,7 +9,10 @@ import torch
 
 
 def parse_range(text: str | int | tuple[int, int]) -> tuple[int, int]:
-    """"64:256" → (64, 256); "128" → (128, 128)."""
+    """"64:256" → (64, 256); "128" → (128, 128).
+
+    定义于 第10章 §10.5.5
+    """
     if isinstance(text, tuple):
         lo, hi = text
     elif isinstance(text, int):
@@ -26,6 +29,10 @@ def parse_range(text: str | int | tuple[int, int]) -> tuple[int, int]:
 
 @dataclass
 class Workload:
+    """A reproducible random workload: prompt count, length ranges and the seed that draws them.
+
+    定义于 第10章 §10.5.5
+    """
     num_prompts: int
     input_len: tuple[int, int]
     output_len: tuple[int, int]
@@ -50,7 +57,10 @@ class Workload:
 
 def make_workload(num_prompts: int, input_len, output_len, vocab_size: int, seed: int = 0,
                   avoid_ids: tuple[int, ...] = (0, 1, 2)) -> Workload:
-    """Random prompts; ids in `avoid_ids` (special tokens) are never drawn."""
+    """Random prompts; ids in `avoid_ids` (special tokens) are never drawn.
+
+    定义于 第10章 §10.5.5
+    """
     if num_prompts < 1:
         raise ValueError(f"num_prompts must be >= 1, got {num_prompts}")
     (ilo, ihi), (olo, ohi) = parse_range(input_len), parse_range(output_len)

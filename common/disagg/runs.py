@@ -22,6 +22,10 @@ from .workers import decode_worker, prefill_worker
 
 @dataclass(frozen=True)
 class TimedRequest:
+    """One request of a timed workload: its prompt, output budget and arrival offset.
+
+    定义于 第7章 §7.7.7
+    """
     request_id: str
     prompt_ids: tuple[int, ...]
     max_tokens: int
@@ -30,6 +34,10 @@ class TimedRequest:
 
 @dataclass
 class RequestResult:
+    """What a request produced and when: tokens plus the times behind TTFT and TPOT.
+
+    定义于 第7章 §7.7.7
+    """
     request_id: str
     prompt_len: int
     token_ids: list[int]
@@ -71,7 +79,10 @@ def run_disaggregated(model_name: str, workload: list[TimedRequest], dtype: str 
                       num_blocks: int = 256, block_size: int = 16, ignore_eos: bool = False,
                       timeout_s: float = 600.0) -> list[RequestResult]:
     """Prefill worker on one core, decode worker on the other, K/V through a shared-memory block pool.
-    Greedy; returns one result per request, in workload order."""
+    Greedy; returns one result per request, in workload order.
+
+    定义于 第7章 §7.7.7
+    """
     from ..models import load_config
     _check_workload(workload)
     config = load_config(model_name)
@@ -133,7 +144,10 @@ def _get(q, workers: list, timeout_s: float):
 
 def run_colocated(llm: LLM, workload: list[TimedRequest], ignore_eos: bool = False) -> list[RequestResult]:
     """The same workload on one engine (prefill and decode share every step), driven step by step:
-    a request joins the engine once its arrival time has passed. Greedy, like the workers."""
+    a request joins the engine once its arrival time has passed. Greedy, like the workers.
+
+    定义于 第7章 §7.7.7
+    """
     _check_workload(workload)
     pending = sorted(workload, key=lambda r: r.arrival_s)
     seqs = {}
@@ -158,7 +172,10 @@ def run_colocated(llm: LLM, workload: list[TimedRequest], ignore_eos: bool = Fal
 
 def summarize(results: list[RequestResult], slo_ttft_s: float, slo_tpot_s: float) -> dict:
     """TTFT and inter-token-gap percentiles over every request; goodput = share (and rate) of requests whose
-    TTFT and mean TPOT both meet the SLO (DistServe's definition, per request)."""
+    TTFT and mean TPOT both meet the SLO (DistServe's definition, per request).
+
+    定义于 第7章 §7.7.7
+    """
     gaps = np.concatenate([r.gaps for r in results if len(r.token_times) > 1])
     ttft = np.array([r.ttft for r in results])
     tpot = np.array([r.gaps.mean() if len(r.token_times) > 1 else 0.0 for r in results])

@@ -18,7 +18,10 @@ from ..llama import LlamaConfig
 
 @dataclass(frozen=True)
 class KVHeader:
-    """What travels on the queue: where the request's K/V are and how to continue it."""
+    """What travels on the queue: where the request's K/V are and how to continue it.
+
+    定义于 第7章 §7.7.4
+    """
 
     request_id: str
     block_ids: tuple[int, ...]
@@ -34,7 +37,10 @@ class KVHeader:
 class SharedKVPool:
     """`num_blocks` blocks of [2 (K/V), layers, kv_heads, block_size, head_dim] in one shared-memory segment.
 
-    The creator owns the segment (`close(unlink=True)`); workers attach by name."""
+    The creator owns the segment (`close(unlink=True)`); workers attach by name.
+
+    定义于 第7章 §7.7.4
+    """
 
     def __init__(self, config: LlamaConfig, num_blocks: int, block_size: int, dtype: torch.dtype,
                  name: str | None = None) -> None:

@@ -21,7 +21,10 @@ from .transfer import KVHeader, SharedKVPool
 
 
 def setup_worker(core: int | None, model_name: str, dtype: str, fuse: bool) -> Llama:
-    """One thread, one core, a freshly loaded model (fused like the engine's when `fuse`)."""
+    """One thread, one core, a freshly loaded model (fused like the engine's when `fuse`).
+
+    定义于 第7章 §7.7.4
+    """
     torch.set_num_threads(1)
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
@@ -35,7 +38,10 @@ def setup_worker(core: int | None, model_name: str, dtype: str, fuse: bool) -> L
 
 @torch.inference_mode()
 def prefill(model: Llama, prompt_ids: list[int]) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(first greedy token, K, V [layers, kv_heads, length, head_dim]) of one prompt."""
+    """(first greedy token, K, V [layers, kv_heads, length, head_dim]) of one prompt.
+
+    定义于 第7章 §7.7.4
+    """
     cache = KVCache(model.config, 1, len(prompt_ids), dtype=model.dtype)
     logits = model(torch.tensor([prompt_ids]), cache=cache, last_only=True)
     return int(logits[0, -1].argmax()), cache.k[:, 0], cache.v[:, 0]
@@ -44,7 +50,10 @@ def prefill(model: Llama, prompt_ids: list[int]) -> tuple[int, torch.Tensor, tor
 def prefill_worker(core: int | None, model_name: str, dtype: str, fuse: bool, pool_spec: tuple, warmup_len: int,
                    inbox, to_decode, freed, ready) -> None:
     """inbox: (request_id, prompt_ids, max_tokens, arrival) or None. freed: block ids the decode side returns.
-    warmup_len: prompt length of the warm-up prefill (oneDNN builds its kernels for the shapes it meets)."""
+    warmup_len: prompt length of the warm-up prefill (oneDNN builds its kernels for the shapes it meets).
+
+    定义于 第7章 §7.7.4
+    """
     model = setup_worker(core, model_name, dtype, fuse)
     pool = SharedKVPool.attach(model.config, pool_spec)
     free = list(range(pool.num_blocks))
@@ -80,6 +89,10 @@ def _drain(freed, free: list[int]) -> None:
 
 @dataclass(eq=False)   # identity: requests hold tensors
 class DecodingRequest:
+    """A request on the decode worker: the KV it received from prefill and the tokens so far.
+
+    定义于 第7章 §7.7.4
+    """
     header: KVHeader
     k: torch.Tensor                 # [layers, kv_heads, capacity, head_dim]
     v: torch.Tensor
@@ -97,7 +110,10 @@ class BatchDecodeCache:
     """The model's cache interface over several requests of different lengths, one new token each.
 
     Attention runs per request over its own K/V (ragged lengths, no padding); everything else in the
-    forward runs as one [batch, 1] matmul, which is where batching pays."""
+    forward runs as one [batch, 1] matmul, which is where batching pays.
+
+    定义于 第7章 §7.7.4
+    """
 
     def __init__(self, requests: list[DecodingRequest]) -> None:
         self.requests = requests
@@ -118,7 +134,10 @@ class BatchDecodeCache:
 
 
 def adopt(model: Llama, pool: SharedKVPool, header: KVHeader) -> DecodingRequest:
-    """Copy a request's K/V out of the pool into a buffer with room for its whole generation."""
+    """Copy a request's K/V out of the pool into a buffer with room for its whole generation.
+
+    定义于 第7章 §7.7.4
+    """
     cfg = model.config
     capacity = header.length + header.max_tokens
     shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, capacity, cfg.head_dim)
@@ -133,7 +152,10 @@ def adopt(model: Llama, pool: SharedKVPool, header: KVHeader) -> DecodingRequest
 
 @torch.inference_mode()
 def decode_step(model: Llama, running: list[DecodingRequest]) -> list[int]:
-    """One greedy token for every running request (one batched forward)."""
+    """One greedy token for every running request (one batched forward).
+
+    定义于 第7章 §7.7.4
+    """
     ids = torch.tensor([[r.tokens[-1]] for r in running])
     positions = torch.tensor([[r.length] for r in running])
     logits = model(ids, positions=positions, cache=BatchDecodeCache(running))
@@ -142,7 +164,10 @@ def decode_step(model: Llama, running: list[DecodingRequest]) -> list[int]:
 
 def decode_worker(core: int | None, model_name: str, dtype: str, fuse: bool, pool_spec: tuple,
                   inbox, freed, results, ready, eos_token_id: int | None) -> None:
-    """inbox: KVHeader or None (prefill is done). results: one dict per finished request."""
+    """inbox: KVHeader or None (prefill is done). results: one dict per finished request.
+
+    定义于 第7章 §7.7.4
+    """
     model = setup_worker(core, model_name, dtype, fuse)
     pool = SharedKVPool.attach(model.config, pool_spec)
     decode_step(model, [DecodingRequest(KVHeader("warm-up", (), 8, 1, 4, 0, 0, 0, 0),

@@ -23,6 +23,10 @@ def _flag(help: str, **argparse_kw: Any) -> dict:
 
 @dataclass(frozen=True)
 class EngineConfig:
+    """Every engine setting with its default (vLLM's names where vLLM has one).
+
+    定义于 第7章 §7.6
+    """
     dtype: str | torch.dtype = field(default="bfloat16", metadata=_flag("model and KV dtype"))
     device: str | None = field(default=None, metadata=_flag("cpu / cuda (default: cuda when available)"))
     block_size: int = field(default=16, metadata=_flag("tokens per KV block", type=int))

@@ -39,6 +39,10 @@ from .stop import StopChecker
 
 
 class LLM:
+    """The offline engine with vLLM's `LLM.generate` API over our scheduler, block manager and model.
+
+    定义于 第7章 §7.3
+    """
     def __init__(self, model: str | Llama = "smollm2-135m", *, tokenizer: Any = None,
                  config: EngineConfig | None = None, **overrides: Any) -> None:
         """`overrides` are `EngineConfig` fields (block_size=8, kv_cache_dtype="int8", ...) applied on top

@@ -33,6 +33,10 @@ PLACEHOLDER = -1
 
 @dataclass
 class InFlight:
+    """A step launched but not finished: what the CPU must resolve when its result arrives.
+
+    定义于 第7章 §7.4.4
+    """
     out: SchedulerOutput
     meta: BatchMetadata
     future: Future
@@ -42,7 +46,10 @@ class InFlight:
 
 
 class OverlapLoop:
-    """Runs an `LLM`'s requests to completion with one step of lookahead (see module doc)."""
+    """Runs an `LLM`'s requests to completion with one step of lookahead (see module doc).
+
+    定义于 第7章 §7.4.4
+    """
 
     def __init__(self, llm) -> None:
         self.llm = llm

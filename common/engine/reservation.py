@@ -21,6 +21,10 @@ POLICIES = ("worst", "beta", "on_demand")
 
 @dataclass
 class SimRequest:
+    """A request of the reservation simulator: prompt, max_tokens and its real (hidden) output length.
+
+    定义于 第7章 §7.4.7
+    """
     prompt: int
     max_tokens: int
     output: int          # tokens it really generates (≤ max_tokens), unknown to the scheduler
@@ -28,6 +32,10 @@ class SimRequest:
 
 @dataclass
 class SimResult:
+    """How a reservation policy did on a trace: steps, preemptions and mean batch size.
+
+    定义于 第7章 §7.4.7
+    """
     policy: str
     steps: int
     preemptions: int
@@ -42,6 +50,10 @@ def _blocks(tokens: int, block_size: int) -> int:
 
 def simulate(trace: list[SimRequest], num_blocks: int, block_size: int, policy: str, max_running: int = 256,
              beta0: float = 0.5, scale: float = 1.2, cap: float = 0.8, window: int = 100) -> SimResult:
+    """Replay `trace` under a KV reservation policy, step by step, and count steps and preemptions.
+
+    定义于 第7章 §7.4.7
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown reservation policy {policy!r}; use one of {POLICIES}")
     for r in trace:

@@ -28,6 +28,10 @@ from .sequence import Sequence
 
 @dataclass
 class PrefillChunk:
+    """Where one prefill chunk sits in the flat batch and which KV blocks it attends to.
+
+    定义于 第5章 §5.10
+    """
     start: int                      # offset of the chunk in the flat batch
     length: int                     # new tokens
     blocks: torch.Tensor            # block ids covering the context
@@ -38,6 +42,10 @@ class PrefillChunk:
 
 @dataclass
 class BatchMetadata:
+    """Everything one forward pass over a ragged batch needs: token ids, positions, KV slots, tables.
+
+    定义于 第5章 §5.10
+    """
     input_ids: torch.Tensor         # [1, T]
     positions: torch.Tensor         # [T]
     slots: torch.Tensor             # [T] flat slot (block * block_size + offset) of each token
@@ -57,6 +65,8 @@ class PagedBatchAttention:
     With a `HeadMajorKVStore` (the engine's default) pages are gathered straight into the
     [kv_heads, batch, tokens, head_dim] layout the attention matmuls read; any other store (e.g.
     the INT8 one, which dequantizes on read) goes through its `gather` and one transpose copy.
+
+    定义于 第5章 §5.10
     """
 
     seq_len = 0  # positions are always passed explicitly
@@ -114,7 +124,10 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     q [Hq, B, D]; keys/values [Hkv, B, L, D] (L = padded pages); valid [B, L] (True = a real key).
     Returns [Hq, B, D]. GQA groups share their K/V without repeating them, and K is read through a
     transposed view, so nothing is copied between the gather and the matmuls. On CPU this is
-    several times faster than SDPA with a mask for a single query (chapter 7, notebook 7)."""
+    several times faster than SDPA with a mask for a single query (chapter 7, notebook 7).
+
+    定义于 第5章 §5.10
+    """
     hq, batch, dim = q.shape
     hkv = keys.shape[0]
     qg = q.view(hkv, hq // hkv, batch, dim).transpose(1, 2)                     # [Hkv, B, G, D]
@@ -124,6 +137,10 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 
 class ModelRunner:
+    """Runs the model over one scheduled ragged batch and writes its K/V into the paged store.
+
+    定义于 第5章 §5.10
+    """
     def __init__(self, model: Llama, store: PagedKVStore, block_table_of) -> None:
         """block_table_of(seq_id) -> list of block ids (the block manager's table)."""
         self.model = model

@@ -14,7 +14,10 @@ from .sequence import Sequence
 
 @dataclass
 class Penalties:
-    """Per-row penalty settings and the token statistics they act on (only built when a row uses them)."""
+    """Per-row penalty settings and the token statistics they act on (only built when a row uses them).
+
+    定义于 第5章 §5.2
+    """
 
     presence: torch.Tensor             # [N] float
     frequency: torch.Tensor            # [N] float
@@ -25,7 +28,10 @@ class Penalties:
 
 @dataclass
 class SamplingBatch:
-    """Per-row sampling settings as tensors on the logits' device."""
+    """Per-row sampling settings as tensors on the logits' device.
+
+    定义于 第5章 §5.2
+    """
 
     temperature: torch.Tensor          # [N] float, 0 = greedy
     top_k: torch.Tensor                # [N] long, 0 = off
@@ -57,12 +63,19 @@ class SamplingBatch:
 
 @dataclass
 class SamplerOutput:
+    """One sampled token per row, plus the logprobs of the rows that asked for them.
+
+    定义于 第5章 §5.2
+    """
     token_ids: list[int]
     logprobs: list[dict[int, float] | None] | None   # per row; None when no row asked for logprobs
 
 
 def banned_tokens(seq: Sequence, eos_token_id: int | None) -> list[int]:
-    """Before min_tokens outputs, EOS and the stop token ids may not be sampled (vLLM's rule)."""
+    """Before min_tokens outputs, EOS and the stop token ids may not be sampled (vLLM's rule).
+
+    定义于 第5章 §5.2
+    """
     if len(seq.output_ids) >= seq.params.min_tokens:
         return []
     ids = list(seq.params.stop_token_ids)
@@ -72,7 +85,10 @@ def banned_tokens(seq: Sequence, eos_token_id: int | None) -> list[int]:
 
 
 def token_counts(rows: Seq[Seq[int]], vocab_size: int, device: torch.device) -> torch.Tensor:
-    """[N, V] float: occurrences of each token id in each row (one scatter_add, no vocab loop)."""
+    """[N, V] float: occurrences of each token id in each row (one scatter_add, no vocab loop).
+
+    定义于 第5章 §5.2
+    """
     width = max((len(r) for r in rows), default=0)
     ids = torch.full((len(rows), width), vocab_size, dtype=torch.long)   # pad = an extra, dropped column
     for i, r in enumerate(rows):
@@ -83,7 +99,10 @@ def token_counts(rows: Seq[Seq[int]], vocab_size: int, device: torch.device) -> 
 
 def apply_penalties(logits: torch.Tensor, pen: Penalties) -> torch.Tensor:
     """repetition (HF/vLLM: over prompt + output, divide positive, multiply negative logits), then
-    frequency and presence (OpenAI: over the output only). logits [N, V] float; returns a new tensor."""
+    frequency and presence (OpenAI: over the output only). logits [N, V] float; returns a new tensor.
+
+    定义于 第5章 §5.2
+    """
     seen = pen.prompt_mask | (pen.output_counts > 0)
     rep = pen.repetition[:, None]
     logits = torch.where(seen, torch.where(logits > 0, logits / rep, logits * rep), logits)
@@ -99,7 +118,10 @@ def _uniforms(generators: list[torch.Generator | None], device: torch.device) ->
 
 
 def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """Mask (to -inf) the tokens outside each row's top-k and top-p nucleus. logits: [N, V] float."""
+    """Mask (to -inf) the tokens outside each row's top-k and top-p nucleus. logits: [N, V] float.
+
+    定义于 第5章 §5.2
+    """
     vocab = logits.shape[-1]
     sorted_logits, order = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(vocab, device=logits.device)[None, :]
@@ -115,7 +137,10 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
 
 
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """One token id per row of logits [N, V] (any float dtype). Returns a long tensor [N]."""
+    """One token id per row of logits [N, V] (any float dtype). Returns a long tensor [N].
+
+    定义于 第5章 §5.2
+    """
     logits = logits.float()
     if any(batch.banned):
         logits = logits.clone()
@@ -139,7 +164,10 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
 def top_logprobs(logits: torch.Tensor, token_ids: torch.Tensor,
                  num_logprobs: list[int | None]) -> list[dict[int, float] | None]:
     """Per row that asks (num_logprobs[i] = N): {token id: logprob} of its N most likely tokens plus
-    the sampled one, from the raw logits' fp32 log_softmax (vLLM's default "raw_logprobs")."""
+    the sampled one, from the raw logits' fp32 log_softmax (vLLM's default "raw_logprobs").
+
+    定义于 第5章 §5.2
+    """
     rows = [i for i, n in enumerate(num_logprobs) if n is not None]
     out: list[dict[int, float] | None] = [None] * len(num_logprobs)
     if not rows:
@@ -160,7 +188,10 @@ def top_logprobs(logits: torch.Tensor, token_ids: torch.Tensor,
 
 
 def run_sampler(logits: torch.Tensor, batch: SamplingBatch) -> SamplerOutput:
-    """The engine's sampling step: tokens, then the logprobs the rows asked for."""
+    """The engine's sampling step: tokens, then the logprobs the rows asked for.
+
+    定义于 第5章 §5.2
+    """
     tokens = sample(logits, batch)
     logprobs = top_logprobs(logits, tokens, batch.num_logprobs) if batch.num_logprobs is not None else None
     return SamplerOutput(tokens.tolist(), logprobs)

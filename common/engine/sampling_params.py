@@ -18,7 +18,10 @@ class SamplingParams:
     (HF/vLLM, > 0) divides the positive and multiplies the negative logits of every token seen in
     the prompt or the output. logprobs=N returns, per generated token, the N most likely tokens
     plus the sampled one with the model's raw log-probabilities (before penalties and temperature,
-    vLLM's "raw_logprobs"); 0 = the sampled token only."""
+    vLLM's "raw_logprobs"); 0 = the sampled token only.
+
+    定义于 第5章 §5.2
+    """
 
     n: int = 1
     temperature: float = 1.0

@@ -27,6 +27,10 @@ from .stop import StopChecker
 
 
 def check_policy(policy: str) -> str:
+    """Validate a scheduling_policy name, so a typo fails at start-up rather than mid-run.
+
+    定义于 第7章 §7.4.3
+    """
     if policy not in POLICIES:
         raise ValueError(f"unknown scheduling_policy {policy!r}; use one of {POLICIES}")
     return policy
@@ -34,7 +38,10 @@ def check_policy(policy: str) -> str:
 
 def policy_key(seq: Sequence, policy: str, now: float = 0.0, aging: float = 0.0) -> tuple:
     """Sort key: smaller runs first. fcfs: arrival; priority: (priority − aging·waited, arrival);
-    sjf: (prompt + max_tokens, arrival). `aging` (priority units per second) stops starvation."""
+    sjf: (prompt + max_tokens, arrival). `aging` (priority units per second) stops starvation.
+
+    定义于 第7章 §7.4.3
+    """
     if policy == "fcfs":
         return (seq.arrival,)
     if policy == "priority":
@@ -46,7 +53,10 @@ def policy_key(seq: Sequence, policy: str, now: float = 0.0, aging: float = 0.0)
 
 def chunk_tokens(num_remaining: int, budget: int, enable_chunked_prefill: bool) -> int:
     """How many of a sequence's remaining tokens fit this step: all of them if the budget allows,
-    else the budget (chunked prefill) or nothing (without chunking a prefill runs whole)."""
+    else the budget (chunked prefill) or nothing (without chunking a prefill runs whole).
+
+    定义于 第7章 §7.4.3
+    """
     if num_remaining <= 0 or budget <= 0:
         return 0
     if num_remaining <= budget:
@@ -55,7 +65,10 @@ def chunk_tokens(num_remaining: int, budget: int, enable_chunked_prefill: bool) 
 
 
 def pick_victim(running: Iterable[Sequence]) -> Sequence:
-    """The sequence to preempt: the least urgent (largest priority value), then the latest arrival."""
+    """The sequence to preempt: the least urgent (largest priority value), then the latest arrival.
+
+    定义于 第7章 §7.4.3
+    """
     running = list(running)
     if not running:
         raise ValueError("no running sequence to preempt")
@@ -70,7 +83,10 @@ def admit(waiting: list[Sequence], budget: int, free_seq_slots: int, enable_chun
     A sequence is charged only for the tokens left after its prefix-cache hits: `num_cached(seq)`
     (fewer than seq.num_tokens). `try_allocate(seq)` reserves the blocks of all the sequence's
     tokens and returns True, or returns False (reserving nothing) when they do not fit. Returns
-    (sequence, tokens scheduled this step) pairs."""
+    (sequence, tokens scheduled this step) pairs.
+
+    定义于 第7章 §7.4.3
+    """
     admitted: list[tuple[Sequence, int]] = []
     for seq in waiting:
         if free_seq_slots <= 0 or budget <= 0:
@@ -86,6 +102,10 @@ def admit(waiting: list[Sequence], budget: int, free_seq_slots: int, enable_chun
 
 @dataclass
 class SchedulerOutput:
+    """One step's plan: which sequences run with how many tokens, what was preempted, what to copy.
+
+    定义于 第7章 §7.4.3
+    """
     scheduled: list[tuple[Sequence, int]]          # decodes first, then prefills
     preempted: list[Sequence] = field(default_factory=list)
     copies: list[tuple[int, int]] = field(default_factory=list)   # copy-on-write (src, dst) blocks, apply first
@@ -98,6 +118,10 @@ class SchedulerOutput:
 
 
 class Scheduler:
+    """Iteration-level scheduler: decodes first, then chunked prefills, within the token and KV budget.
+
+    定义于 第7章 §7.4.3
+    """
     def __init__(self, block_manager, config: EngineConfig, stop_checker: StopChecker) -> None:
         self.bm = block_manager
         self.max_num_seqs = config.max_num_seqs

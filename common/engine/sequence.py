@@ -16,6 +16,10 @@ from .sampling_params import SamplingParams
 
 
 class Status(enum.Enum):
+    """Where a sequence is in its lifecycle: waiting, running or finished.
+
+    定义于 第7章 §7.4.1
+    """
     WAITING = "waiting"
     RUNNING = "running"
     FINISHED = "finished"
@@ -23,6 +27,10 @@ class Status(enum.Enum):
 
 @dataclass(eq=False)
 class Sequence:
+    """One completion's state in the engine: tokens, progress, status, timings and finish reason.
+
+    定义于 第7章 §7.4.1
+    """
     seq_id: int
     request_id: str
     index: int                               # which of the request's n completions
@@ -84,7 +92,10 @@ class Sequence:
 
 @dataclass
 class RequestMetrics:
-    """Wall-clock times (time.perf_counter seconds) of one completion."""
+    """Wall-clock times (time.perf_counter seconds) of one completion.
+
+    定义于 第7章 §7.4.1
+    """
 
     arrival_time: float
     first_scheduled_time: float | None
@@ -106,6 +117,10 @@ class RequestMetrics:
 
 @dataclass
 class CompletionOutput:
+    """One finished (or streamed) completion, with vLLM's field names.
+
+    定义于 第7章 §7.4.1
+    """
     index: int
     text: str
     token_ids: list[int]
@@ -118,6 +133,10 @@ class CompletionOutput:
 
 @dataclass
 class RequestOutput:
+    """Everything a request produced, with vLLM's field names.
+
+    定义于 第7章 §7.4.1
+    """
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
@@ -132,6 +151,10 @@ class RequestOutput:
 
 
 def completion_of(seq: Sequence) -> CompletionOutput:
+    """The user-facing CompletionOutput of an engine-internal sequence.
+
+    定义于 第7章 §7.4.1
+    """
     metrics = RequestMetrics(seq.arrival, seq.first_scheduled, seq.token_times[0] if seq.token_times else None,
                              list(seq.token_times), seq.finished_time)
     return CompletionOutput(seq.index, seq.text, list(seq.output_ids), seq.finish_reason, seq.stop_reason,

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class StepStats:
+    """What one engine step ran, how full the KV pool was and where its time went.
+
+    定义于 第7章 §7.3
+    """
     step: int
     start: float                 # perf_counter at the start of the step
     num_decode: int              # sequences decoding one token

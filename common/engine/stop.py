@@ -14,6 +14,10 @@ from .sequence import Sequence
 
 
 class StopChecker:
+    """Decides after each token whether a sequence is done, and why (the finish_reason).
+
+    定义于 第7章 §7.4.1
+    """
     def __init__(self, eos_token_id: int | None, max_model_len: int, tokenizer: Any = None) -> None:
         self.eos_token_id = eos_token_id
         self.max_model_len = max_model_len

@@ -21,23 +21,37 @@ __all__ = ["MODELS", "ModelNotInstalledError", "chat_prompt_ids", "get_spec", "h
 
 
 def load_config(name: str) -> LlamaConfig:
+    """The LlamaConfig of a registered model, read from its cached Hugging Face folder.
+
+    本书无对应章节（工具）
+    """
     return LlamaConfig.from_pretrained(hf_model_dir(name))
 
 
 @lru_cache(maxsize=None)
 def load_tokenizer(name: str):
+    """The Hugging Face tokenizer of a registered model, from its cached folder.
+
+    本书无对应章节（工具）
+    """
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(hf_model_dir(name))
 
 
 def load_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None) -> Llama:
-    """The from-scratch model with the registry's weights, in eval mode."""
+    """The from-scratch model with the registry's weights, in eval mode.
+
+    本书无对应章节（工具）
+    """
     return Llama.from_pretrained(hf_model_dir(name), parse_dtype(dtype), pick_device(device))
 
 
 def load_hf_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None):
-    """transformers' LlamaForCausalLM on the same folder: the reference our model is checked against."""
+    """transformers' LlamaForCausalLM on the same folder: the reference our model is checked against.
+
+    本书无对应章节（工具）
+    """
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(hf_model_dir(name), dtype=parse_dtype(dtype),
@@ -46,7 +60,10 @@ def load_hf_model(name: str, dtype: torch.dtype | str = torch.float32, device: s
 
 
 def chat_prompt_ids(name: str, user_message: str, system: str | None = None) -> list[int]:
-    """Token ids of a one-turn chat, formatted by the model's chat template, ready for the reply."""
+    """Token ids of a one-turn chat, formatted by the model's chat template, ready for the reply.
+
+    本书无对应章节（工具）
+    """
     tokenizer = load_tokenizer(name)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_message}]
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)

@@ -8,6 +8,10 @@ from . import MODELS, hf_model_dir
 
 
 def main(argv: list[str]) -> int:
+    """`python -m common.models prepare|list`: build or list the cached model folders.
+
+    本书无对应章节（工具）
+    """
     if not argv or argv[0] not in ("prepare", "list"):
         print("usage: python -m common.models prepare [NAME ...] | list", file=sys.stderr)
         return 2

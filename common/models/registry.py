@@ -18,6 +18,10 @@ COMPLETE_MARKER = ".complete"
 
 @dataclass(frozen=True)
 class ModelSpec:
+    """A known model: its name, what it is, and how to build its folder.
+
+    本书无对应章节（工具）
+    """
     name: str
     description: str
     build: Callable[[Path], None]
@@ -38,6 +42,10 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def get_spec(name: str) -> ModelSpec:
+    """The ModelSpec of `name`, with the known names in the error.
+
+    本书无对应章节（工具）
+    """
     try:
         return MODELS[name]
     except KeyError:
@@ -45,6 +53,10 @@ def get_spec(name: str) -> ModelSpec:
 
 
 def is_cached(name: str) -> bool:
+    """Whether the model's folder is complete (its marker is written last, atomically).
+
+    本书无对应章节（工具）
+    """
     return (MODELS_DIR / get_spec(name).name / COMPLETE_MARKER).exists()
 
 
@@ -58,7 +70,10 @@ def _lock(name: str) -> Iterator[None]:
 
 def hf_model_dir(name: str) -> Path:
     """The model's Hugging Face folder, built on first use. Safe against interruption and
-    against two processes building at once."""
+    against two processes building at once.
+
+    本书无对应章节（工具）
+    """
     spec = get_spec(name)
     final = MODELS_DIR / spec.name
     if is_cached(name):

@@ -11,11 +11,17 @@ from collections import deque
 
 
 class NoFreeBlocksError(RuntimeError):
-    """The pool is empty: the scheduler must wait, preempt or evict."""
+    """The pool is empty: the scheduler must wait, preempt or evict.
+
+    定义于 第6章 §6.3.2
+    """
 
 
 class BlockAllocator:
-    """Hands out block ids 0..num_blocks-1; `decref` to zero puts a block back on the free list."""
+    """Hands out block ids 0..num_blocks-1; `decref` to zero puts a block back on the free list.
+
+    定义于 第6章 §6.3.2
+    """
 
     def __init__(self, num_blocks: int) -> None:
         if num_blocks <= 0:

@@ -16,13 +16,19 @@ ROOT_HASH = b""
 
 
 def hash_block(parent: bytes, token_ids: Sequence[int]) -> bytes:
-    """The key of one full block: sha256 over the parent's key and the block's int64 token ids."""
+    """The key of one full block: sha256 over the parent's key and the block's int64 token ids.
+
+    定义于 第6章 §6.7.3
+    """
     return hashlib.sha256(parent + array("q", token_ids).tobytes()).digest()
 
 
 def chain_hashes(token_ids: Sequence[int], block_size: int) -> list[bytes]:
     """Keys of every full block of `token_ids`, each chained to the one before (a tail shorter
-    than a block gets none)."""
+    than a block gets none).
+
+    定义于 第6章 §6.7.3
+    """
     if block_size <= 0:
         raise ValueError(f"block_size must be positive, got {block_size}")
     hashes, parent = [], ROOT_HASH

@@ -18,7 +18,10 @@ from .prefix_cache import ROOT_SERIAL, PrefixCache
 
 @dataclass
 class PrefixCacheStats:
-    """Cumulative, counted like vLLM's metrics: queries = prompt tokens looked up, hits = reused."""
+    """Cumulative, counted like vLLM's metrics: queries = prompt tokens looked up, hits = reused.
+
+    定义于 第6章 §6.3.2
+    """
     queries: int = 0
     hits: int = 0
     requests: int = 0
@@ -37,6 +40,10 @@ class _Chain:
 
 
 class BlockManager:
+    """Block tables of all sequences over one pool: allocate, append, fork, free, prefix hits.
+
+    定义于 第6章 §6.3.2
+    """
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
         if block_size <= 0:
             raise ValueError(f"block_size must be positive, got {block_size}")

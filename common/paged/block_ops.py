@@ -10,6 +10,10 @@ from typing import Callable, Protocol
 
 
 class Pool(Protocol):
+    """What block_ops needs from a pool: allocate and reference counting.
+
+    定义于 第6章 §6.3.2
+    """
     def allocate(self) -> int: ...
     def incref(self, block: int) -> None: ...
     def decref(self, block: int) -> int: ...
@@ -17,7 +21,10 @@ class Pool(Protocol):
 
 
 def fork_table(pool: Pool, table: list[int]) -> list[int]:
-    """A child's table: the same blocks, one more reference each."""
+    """A child's table: the same blocks, one more reference each.
+
+    定义于 第6章 §6.3.2
+    """
     for block in table:
         pool.incref(block)
     return list(table)
@@ -31,6 +38,8 @@ def append_slots(pool: Pool, table: list[int], num_tokens: int, num_tokens_after
 
     `users(block)` counts the sequences using a block (default: its ref count; a prefix cache
     subtracts its own reference). `allocate`/`release` default to the pool's allocate/decref.
+
+    定义于 第6章 §6.3.2
     """
     if num_tokens_after < num_tokens:
         raise ValueError(f"cannot shrink a sequence from {num_tokens} to {num_tokens_after} tokens")

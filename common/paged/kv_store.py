@@ -14,12 +14,19 @@ from ..llama import LlamaConfig
 
 
 def kv_bytes_per_token(config: LlamaConfig, dtype: torch.dtype) -> int:
-    """K and V of every layer for one token."""
+    """K and V of every layer for one token.
+
+    定义于 第6章 §6.3.2
+    """
     element = torch.empty((), dtype=dtype).element_size()
     return kv_math.kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, element)
 
 
 class PagedKVStore:
+    """Per-layer K and V in fixed-size blocks, addressed through block tables.
+
+    定义于 第6章 §6.3.2
+    """
     block_dim = 0   # the dimension of each cache tensor that indexes blocks
 
     def __init__(self, config: LlamaConfig, num_blocks: int, block_size: int,
@@ -91,6 +98,8 @@ class HeadMajorKVStore(PagedKVStore):
     3x faster decode attention on CPU than gathering [block, offset, head, dim] pages; measured in
     the chapter 7 engine notebook). Block ids, slots and copy-on-write work exactly as in the
     parent class; `gather` still returns the parent's layout for code that expects it.
+
+    定义于 第6章 §6.3.2
     """
 
     block_dim = 1

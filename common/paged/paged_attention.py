@@ -18,7 +18,10 @@ import torch.nn.functional as F
 
 def check_paged_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                        block_tables: torch.Tensor, seq_lens: torch.Tensor) -> None:
-    """Raise ValueError on shapes that would otherwise give a wrong answer silently."""
+    """Raise ValueError on shapes that would otherwise give a wrong answer silently.
+
+    定义于 第6章 §6.3.2
+    """
     if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
         raise ValueError(f"q must be [B,Hq,D] and caches [blocks,block_size,Hkv,D]; got {tuple(q.shape)}, "
                          f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
@@ -34,7 +37,10 @@ def check_paged_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Te
 
 def paged_attention_reference(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                               block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    """Block-by-block online softmax in fp32 (readable, slow: Python loops over requests and blocks)."""
+    """Block-by-block online softmax in fp32 (readable, slow: Python loops over requests and blocks).
+
+    定义于 第6章 §6.3.2
+    """
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens)
     B, Hq, D = q.shape
     bs, Hkv = k_cache.shape[1], k_cache.shape[2]
@@ -68,6 +74,8 @@ def per_block_softmax_wrong(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
     Each block's weights sum to 1, so the result is sum over blocks of a per-block average,
     not softmax over all keys. Kept to show the error; never use it.
+
+    定义于 第6章 §6.3.2
     """
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens)
     B, Hq, D = q.shape
@@ -86,7 +94,10 @@ def per_block_softmax_wrong(q: torch.Tensor, k_cache: torch.Tensor, v_cache: tor
 
 def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Blocks of every request laid end to end: k, v [B, Hkv, max_blocks*block_size, D]."""
+    """Blocks of every request laid end to end: k, v [B, Hkv, max_blocks*block_size, D].
+
+    定义于 第6章 §6.3.2
+    """
     idx = block_tables.clamp(min=0).to(device=k_cache.device, dtype=torch.long)
     B, nb = idx.shape
     _, bs, Hkv, D = k_cache.shape
@@ -97,7 +108,10 @@ def gather_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.
 
 def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                     block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    """Gather the blocks then one batched SDPA with a length mask: no per-request Python loop."""
+    """Gather the blocks then one batched SDPA with a length mask: no per-request Python loop.
+
+    定义于 第6章 §6.3.2
+    """
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens)
     k, v = gather_kv(k_cache, v_cache, block_tables)
     mask = torch.arange(k.shape[2], device=q.device)[None, :] < seq_lens.to(q.device)[:, None]

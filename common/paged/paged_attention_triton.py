@@ -56,7 +56,10 @@ def _paged_decode_kernel(q_ptr, k_ptr, v_ptr, tables_ptr, lens_ptr, out_ptr, sca
 
 def paged_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, seq_lens: torch.Tensor) -> torch.Tensor:
-    """Same contract as `common.paged.paged_attention`; head_dim and block_size must be powers of 2."""
+    """Same contract as `common.paged.paged_attention`; head_dim and block_size must be powers of 2.
+
+    定义于 第6章 §6.3.2
+    """
     check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens)
     B, Hq, D = q.shape
     bs, Hkv = k_cache.shape[1], k_cache.shape[2]

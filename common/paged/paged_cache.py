@@ -21,6 +21,10 @@ DecodeFn = Callable[..., torch.Tensor]
 
 
 class PagedSeqCache:
+    """The model's cache interface over a block manager and paged store, for equal-length sequences.
+
+    定义于 第6章 §6.3.2
+    """
     def __init__(self, manager: BlockManager, store: PagedKVStore, seq_ids: Sequence[object], seq_len: int,
                  decode_fn: DecodeFn = paged_attention) -> None:
         if manager.block_size != store.block_size:

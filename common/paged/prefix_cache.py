@@ -23,6 +23,10 @@ ROOT_SERIAL = 0   # the "parent" of a prompt's first block
 
 @dataclass(frozen=True)
 class CachedBlock:
+    """A cached full block: its chained key, tokens and where it sits in the prefix chain.
+
+    定义于 第6章 §6.7.3
+    """
     key: bytes
     tokens: tuple[int, ...]
     parent_serial: int          # serial of the cached block it extends (ROOT_SERIAL for a first block)
@@ -30,7 +34,10 @@ class CachedBlock:
 
 
 class PrefixCache:
-    """key → block map over an allocator, with an LRU of evictable (cache-only) blocks."""
+    """key → block map over an allocator, with an LRU of evictable (cache-only) blocks.
+
+    定义于 第6章 §6.7.3
+    """
 
     def __init__(self, allocator: BlockAllocator) -> None:
         self.allocator = allocator

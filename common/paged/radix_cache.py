@@ -22,6 +22,10 @@ EVICTION_POLICIES = ("lru", "lfu", "lrfu")
 
 
 class RadixNode:
+    """A radix-tree node: a run of token ids (key), their KV slots (value), children, lock count and eviction data.
+
+    定义于 第6章 §6.3.4
+    """
     _ids = itertools.count()
 
     def __init__(self, key: list[int], value: list[int], parent: "RadixNode | None") -> None:
@@ -36,6 +40,10 @@ class RadixNode:
 
 
 class RadixCache:
+    """SGLang-style radix cache: longest-prefix match, insert, and eviction of unused leaves.
+
+    定义于 第6章 §6.3.4
+    """
     def __init__(self, page_size: int = 1, on_evict: Callable[[list[int]], None] | None = None,
                  eviction_policy: str = "lru", lrfu_lambda: float = 0.05) -> None:
         if page_size <= 0:
@@ -206,6 +214,9 @@ class RadixCache:
 
 def longest_prefix_first(waiting: Sequence[Sequence[int]], cache: RadixCache) -> list[int]:
     """Indices of `waiting` sorted by cached prefix length, longest first (SGLang's "lpm"),
-    stable so equal matches keep arrival order."""
+    stable so equal matches keep arrival order.
+
+    定义于 第6章 §6.3.4
+    """
     lengths = [len(cache.match_prefix(tokens)[0]) for tokens in waiting]
     return sorted(range(len(waiting)), key=lambda i: -lengths[i])

@@ -12,7 +12,10 @@ from .block_manager import BlockManager
 
 
 def block_cache_hits(trace: Sequence[Sequence[int]], block_size: int, num_blocks: int | None = None) -> list[int]:
-    """Cached tokens per request with vLLM-style block hashing (prompt blocks cached after prefill)."""
+    """Cached tokens per request with vLLM-style block hashing (prompt blocks cached after prefill).
+
+    定义于 第6章 §6.7.5
+    """
     if num_blocks is None:
         num_blocks = sum(-(-len(t) // block_size) for t in trace) + 1
     manager = BlockManager(num_blocks, block_size, enable_prefix_caching=True)
@@ -25,6 +28,10 @@ def block_cache_hits(trace: Sequence[Sequence[int]], block_size: int, num_blocks
 
 
 class RadixLike(Protocol):
+    """What the simulator needs from a radix cache: ours and SGLang's both fit.
+
+    定义于 第6章 §6.7.5
+    """
     def match_prefix(self, tokens: Sequence[int]) -> tuple[list[int], object]: ...
     def insert(self, tokens: Sequence[int], value: Sequence[int] | None = None) -> int: ...
     def evict(self, num_tokens: int) -> int: ...
@@ -33,7 +40,10 @@ class RadixLike(Protocol):
 
 def radix_cache_hits(trace: Sequence[Sequence[int]], cache: RadixLike, capacity: int | None = None) -> list[int]:
     """Matched tokens per request (match on all but the last token, then insert the request);
-    with `capacity`, evict LRU leaves back down to it after each insert."""
+    with `capacity`, evict LRU leaves back down to it after each insert.
+
+    定义于 第6章 §6.7.5
+    """
     hits = []
     for tokens in trace:
         hits.append(len(cache.match_prefix(tokens[:-1])[0]))
@@ -46,7 +56,10 @@ def radix_cache_hits(trace: Sequence[Sequence[int]], cache: RadixLike, capacity:
 def schedule_hits(queue: Sequence[Sequence[int]], cache: RadixLike, capacity: int, batch_size: int,
                   policy: str = "fcfs") -> int:
     """Total reused tokens when a waiting queue is served in batches under a cache budget.
-    policy "fcfs": arrival order; "lpm": before each batch, longest cached prefix first."""
+    policy "fcfs": arrival order; "lpm": before each batch, longest cached prefix first.
+
+    定义于 第6章 §6.7.5
+    """
     if policy not in ("fcfs", "lpm"):
         raise ValueError(f"policy must be 'fcfs' or 'lpm', got {policy!r}")
     waiting, total = list(queue), 0

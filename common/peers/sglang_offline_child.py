@@ -12,6 +12,10 @@ import time
 
 
 def main(spec_path: str, out_path: str) -> None:
+    """Run the spec's workload through `sglang.Engine` and write outputs and timings as JSON.
+
+    定义于 第6章 §6.3.4
+    """
     import sglang
 
     spec = json.loads(open(spec_path).read())

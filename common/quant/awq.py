@@ -23,7 +23,10 @@ SCALE_GROUPS = ((("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "
 
 
 def awq_scales(mean_abs: torch.Tensor, alpha: float) -> torch.Tensor:
-    """s = mean|x|^α, normalized so that sqrt(max·min) = 1 (as the AWQ reference does)."""
+    """s = mean|x|^α, normalized so that sqrt(max·min) = 1 (as the AWQ reference does).
+
+    定义于 第8章 §8.2.1
+    """
     s = mean_abs.float().clamp_min(1e-5).pow(alpha)
     return s / (s.max() * s.min()).sqrt()
 
@@ -35,6 +38,8 @@ def search_scale(W: torch.Tensor, x: torch.Tensor, bits: int = 4, group_size: in
 
     direction "awq" scores Q(W·s)·(x/s) (the paper); "book" scores Q(W/s)·(x·s) (the book's formula).
     Returns (s, best α, loss per α).
+
+    定义于 第8章 §8.2.1
     """
     if W.shape[1] != x.shape[1]:
         raise ValueError(f"W has {W.shape[1]} inputs, x has {x.shape[1]}")
@@ -59,7 +64,10 @@ def search_scale(W: torch.Tensor, x: torch.Tensor, bits: int = 4, group_size: in
 
 
 def fold_scale(layer: DecoderLayer, linears: tuple[str, ...], prev: str, s: torch.Tensor) -> None:
-    """W·diag(s) for the linears, previous output ÷ s (RMSNorm weight or the rows of a linear)."""
+    """W·diag(s) for the linears, previous output ÷ s (RMSNorm weight or the rows of a linear).
+
+    定义于 第8章 §8.2.1
+    """
     for name in linears:
         lin = layer.get_submodule(name)
         lin.weight.data = (lin.weight.float() * s).to(lin.weight.dtype)
@@ -72,7 +80,10 @@ def fold_scale(layer: DecoderLayer, linears: tuple[str, ...], prev: str, s: torc
 
 def awq_layer(layer: DecoderLayer, inputs: dict[str, torch.Tensor], bits: int = 4, group_size: int = 128,
               grid: int = 11, max_tokens: int = 1024) -> dict[str, float]:
-    """Search and fold AWQ scales for one decoder layer, then replace its linears by RTN QuantLinear (asym)."""
+    """Search and fold AWQ scales for one decoder layer, then replace its linears by RTN QuantLinear (asym).
+
+    定义于 第8章 §8.2.1
+    """
     alphas: dict[str, float] = {}
     for linears, prev in SCALE_GROUPS:
         short = linears[0].rsplit(".", 1)[-1]

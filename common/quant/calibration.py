@@ -16,7 +16,10 @@ from .qlinear import LINEAR_NAMES
 
 
 def calibration_batches(token_ids: list[int] | torch.Tensor, num_seqs: int, seq_len: int) -> torch.Tensor:
-    """Cut a token stream into [num_seqs, seq_len] non-overlapping windows."""
+    """Cut a token stream into [num_seqs, seq_len] non-overlapping windows.
+
+    定义于 第8章 §8.2.1
+    """
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     need = num_seqs * seq_len
     if ids.numel() < need:
@@ -27,7 +30,10 @@ def calibration_batches(token_ids: list[int] | torch.Tensor, num_seqs: int, seq_
 @torch.no_grad()
 def capture_inputs(layer: DecoderLayer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor
                    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Inputs [tokens, in_features] of each projection of `layer` for hidden states x, and the layer's output."""
+    """Inputs [tokens, in_features] of each projection of `layer` for hidden states x, and the layer's output.
+
+    定义于 第8章 §8.2.1
+    """
     seen: dict[str, torch.Tensor] = {}
     hooks = []
     for name, module in layer.named_modules():
@@ -49,7 +55,10 @@ def run_layerwise(model: Llama, calib_ids: torch.Tensor,
                   process: Callable[[int, DecoderLayer, dict[str, torch.Tensor]], None],
                   progress: bool = False) -> None:
     """For each decoder layer: capture its linear inputs, call process(i, layer, inputs) (which may
-    change the layer in place), then recompute the layer's output with the changed layer."""
+    change the layer in place), then recompute the layer's output with the changed layer.
+
+    定义于 第8章 §8.2.1
+    """
     if calib_ids.dim() != 2:
         raise ValueError(f"calib_ids must be [num_seqs, seq_len], got {tuple(calib_ids.shape)}")
     calib_ids = calib_ids.to(model.device)

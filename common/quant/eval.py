@@ -24,7 +24,10 @@ CALIB_START = 4096          # calibration tokens start here: disjoint from the e
 
 
 def eval_token_ids(tokenizer) -> list[int]:
-    """All token ids of the evaluation text (no BOS: SmolLM2 was trained without one)."""
+    """All token ids of the evaluation text (no BOS: SmolLM2 was trained without one).
+
+    定义于 第8章 §8.6
+    """
     return tokenizer.encode(EVAL_TEXT.read_text(), add_special_tokens=False)
 
 
@@ -34,7 +37,10 @@ def perplexity(model: Llama, token_ids: list[int] | torch.Tensor, window: int = 
     """exp(mean NLL) over non-overlapping windows of `window` tokens (each window scored from its own start).
 
     make_cache(batch, length): run each window through that cache (e.g. an INT8 KV cache, so the
-    attention reads quantized keys and values); by default attention sees exact K and V."""
+    attention reads quantized keys and values); by default attention sees exact K and V.
+
+    定义于 第8章 §8.6
+    """
     ids = torch.as_tensor(token_ids, dtype=torch.long).flatten()
     n = ids.numel() // window
     if n == 0:
@@ -54,7 +60,10 @@ def perplexity(model: Llama, token_ids: list[int] | torch.Tensor, window: int = 
 @torch.inference_mode()
 def next_token_agreement(model: Llama, reference: Llama, prompts: list[list[int]], new_tokens: int = 16) -> float:
     """Fraction of positions where `model`'s argmax equals `reference`'s, teacher-forced on the
-    reference's own greedy continuation of each prompt (so one early divergence does not count twice)."""
+    reference's own greedy continuation of each prompt (so one early divergence does not count twice).
+
+    定义于 第8章 §8.6
+    """
     from ..generate import greedy_generate
 
     agree, total = 0, 0
@@ -72,7 +81,10 @@ def next_token_agreement(model: Llama, reference: Llama, prompts: list[list[int]
 @torch.inference_mode()
 def decode_tokens_per_s(model: Llama, batch_size: int, prompt_len: int = 32, steps: int = 16,
                         make_cache: Callable[[int, int], AttentionCache] | None = None, repeats: int = 2) -> float:
-    """Greedy decode throughput (new tokens/s over the whole batch) after a prefill; best of `repeats`."""
+    """Greedy decode throughput (new tokens/s over the whole batch) after a prefill; best of `repeats`.
+
+    定义于 第8章 §8.6
+    """
     if batch_size < 1 or steps < 1:
         raise ValueError("batch_size and steps must be >= 1")
     make_cache = make_cache or (lambda b, n: KVCache(model.config, b, n, model.dtype, model.device))

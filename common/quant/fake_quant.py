@@ -16,6 +16,10 @@ from .rtn import Granularity, quant_dequant
 
 
 class FakeQuantSTE(torch.autograd.Function):
+    """Quantize-dequantize in forward, identity gradient in backward (straight-through estimator).
+
+    定义于 第8章 §8.7.1
+    """
     @staticmethod
     def forward(ctx, w: torch.Tensor, bits: int, granularity: Granularity) -> torch.Tensor:
         return quant_dequant(w, bits, True, granularity)
@@ -26,17 +30,26 @@ class FakeQuantSTE(torch.autograd.Function):
 
 
 def fake_quant(w: torch.Tensor, bits: int = 4, granularity: Granularity = 32) -> torch.Tensor:
-    """Quantize-dequantize in the forward, identity gradient in the backward."""
+    """Quantize-dequantize in the forward, identity gradient in the backward.
+
+    定义于 第8章 §8.7.1
+    """
     return FakeQuantSTE.apply(w, bits, granularity)
 
 
 def fake_quant_detach(w: torch.Tensor, bits: int = 4, granularity: Granularity = 32) -> torch.Tensor:
-    """The same STE written as the PyTorch idiom w + (q(w) − w).detach()."""
+    """The same STE written as the PyTorch idiom w + (q(w) − w).detach().
+
+    定义于 第8章 §8.7.1
+    """
     return w + (quant_dequant(w.detach(), bits, True, granularity) - w).detach()
 
 
 class FakeQuantLinear(nn.Linear):
-    """nn.Linear whose forward uses the fake-quantized weight (trainable master weight)."""
+    """nn.Linear whose forward uses the fake-quantized weight (trainable master weight).
+
+    定义于 第8章 §8.7.1
+    """
 
     def __init__(self, linear: nn.Linear, bits: int = 4, granularity: Granularity = 32) -> None:
         super().__init__(linear.in_features, linear.out_features, bias=linear.bias is not None,
@@ -51,14 +64,20 @@ class FakeQuantLinear(nn.Linear):
 
 
 def prepare_qat(model: nn.Module, bits: int = 4, granularity: Granularity = 32) -> nn.Module:
-    """Swap every decoder projection for a FakeQuantLinear (in place)."""
+    """Swap every decoder projection for a FakeQuantLinear (in place).
+
+    定义于 第8章 §8.7.1
+    """
     for name, linear in list(iter_linears(model)):
         replace_module(model, name, FakeQuantLinear(linear, bits, granularity))
     return model
 
 
 def freeze_qat(model: nn.Module) -> nn.Module:
-    """Bake the trained fake-quant weights back into plain nn.Linear holding w̃ (what an INT kernel would see)."""
+    """Bake the trained fake-quant weights back into plain nn.Linear holding w̃ (what an INT kernel would see).
+
+    定义于 第8章 §8.7.1
+    """
     for name, module in list(model.named_modules()):
         if isinstance(module, FakeQuantLinear):
             lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,

@@ -27,6 +27,10 @@ _SCALAR = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?
 
 @dataclass
 class TensorInfo:
+    """One entry of a GGUF tensor table: name, shape, ggml type and file offset.
+
+    定义于 第8章 §8.4
+    """
     name: str
     shape: tuple[int, ...]   # numpy/PyTorch order (outermost first)
     ggml_type: int
@@ -68,7 +72,10 @@ class _Cursor:
 
 
 class GGUFFile:
-    """Metadata and tensor table of a GGUF file (the data is memory-mapped, read on demand)."""
+    """Metadata and tensor table of a GGUF file (the data is memory-mapped, read on demand).
+
+    定义于 第8章 §8.4
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -109,7 +116,10 @@ class GGUFFile:
 
 
 def dequantize_q4_1(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
-    """raw uint8 bytes of n/32 Q4_1 blocks -> float32 tensor of `shape`."""
+    """raw uint8 bytes of n/32 Q4_1 blocks -> float32 tensor of `shape`.
+
+    定义于 第8章 §8.4
+    """
     numel = int(np.prod(shape))
     if numel % Q4_1_BLOCK or raw.numel() != numel // Q4_1_BLOCK * Q4_1_BYTES:
         raise ValueError(f"{raw.numel()} bytes do not hold {numel} Q4_1 weights")
@@ -122,7 +132,10 @@ def dequantize_q4_1(raw: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
 
 
 def encode_q4_1(x: torch.Tensor) -> torch.Tensor:
-    """The inverse direction (llama.cpp's reference quantizer): d = (max − min)/15, m = min, code = round((x − m)/d)."""
+    """The inverse direction (llama.cpp's reference quantizer): d = (max − min)/15, m = min, code = round((x − m)/d).
+
+    定义于 第8章 §8.4
+    """
     if x.numel() % Q4_1_BLOCK:
         raise ValueError(f"{x.numel()} values do not split into blocks of {Q4_1_BLOCK}")
     blocks = x.float().reshape(-1, Q4_1_BLOCK)

@@ -19,13 +19,19 @@ from .rtn import QuantizedTensor, quantize
 
 
 def hessian(x: torch.Tensor) -> torch.Tensor:
-    """H = (2/n) XᵀX from inputs x [..., d_in] (fp64 accumulation for stability)."""
+    """H = (2/n) XᵀX from inputs x [..., d_in] (fp64 accumulation for stability).
+
+    定义于 第8章 §8.2.1
+    """
     x = x.reshape(-1, x.shape[-1]).double()
     return (2.0 / x.shape[0]) * x.T @ x
 
 
 class HessianAccumulator:
-    """Running H over calibration batches: H_n = (2/n) Σ xᵢxᵢᵀ, updated without storing inputs."""
+    """Running H over calibration batches: H_n = (2/n) Σ xᵢxᵢᵀ, updated without storing inputs.
+
+    定义于 第8章 §8.2.1
+    """
 
     def __init__(self, dim: int) -> None:
         self.sum = torch.zeros(dim, dim, dtype=torch.float64)
@@ -44,7 +50,10 @@ class HessianAccumulator:
 
 
 def inverse_hessian_cholesky(H: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
-    """Upper Cholesky factor U of (H + λI)⁻¹ with λ = damp · mean(diag H); also the dead-column mask."""
+    """Upper Cholesky factor U of (H + λI)⁻¹ with λ = damp · mean(diag H); also the dead-column mask.
+
+    定义于 第8章 §8.2.1
+    """
     if H.dim() != 2 or H.shape[0] != H.shape[1]:
         raise ValueError(f"H must be square, got {tuple(H.shape)}")
     H = H.double().clone()
@@ -62,6 +71,8 @@ def gptq_column_update(W: torch.Tensor, U: torch.Tensor, j: int, q_col: torch.Te
 
     W [rows, cols], U the upper Cholesky factor of H⁻¹ restricted to these columns. Returns the
     updated W (column j becomes exactly q_col) and the scaled error e = (w_j − q_j) / U_jj.
+
+    定义于 第8章 §8.2.1
     """
     if W.dim() != 2 or U.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"W {tuple(W.shape)} and U {tuple(U.shape)} do not match")
@@ -85,7 +96,10 @@ def _group_grid(group: torch.Tensor, bits: int, symmetric: bool
 @torch.no_grad()
 def gptq_quantize(W: torch.Tensor, H: torch.Tensor, bits: int = 4, group_size: int = 128,
                   symmetric: bool = False, block_size: int = 128, damp: float = 0.01) -> QuantizedTensor:
-    """GPTQ-quantize W [out, in] given H [in, in]; groups of `group_size` columns (a short last group is fine)."""
+    """GPTQ-quantize W [out, in] given H [in, in]; groups of `group_size` columns (a short last group is fine).
+
+    定义于 第8章 §8.2.1
+    """
     if W.dim() != 2 or H.shape != (W.shape[1], W.shape[1]):
         raise ValueError(f"W {tuple(W.shape)} and H {tuple(H.shape)} do not match")
     if group_size < 1 or block_size < 1:

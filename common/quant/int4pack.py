@@ -38,7 +38,10 @@ INNER_K_TILES = 1   # a CUDA tiling parameter; the CPU packing ignores it (torch
 
 
 def kernel_group_size(group_size: int, in_features: int) -> int:
-    """The largest kernel group size that divides both our group size and K (after padding K to 32)."""
+    """The largest kernel group size that divides both our group size and K (after padding K to 32).
+
+    定义于 第8章 §8.3
+    """
     k = -(-in_features // 32) * 32
     for g in sorted(KERNEL_GROUP_SIZES, reverse=True):
         if group_size % g == 0 and k % g == 0:
@@ -49,7 +52,10 @@ def kernel_group_size(group_size: int, in_features: int) -> int:
 
 def tinygemm_params(qt: QuantizedTensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(unsigned codes [N, K] int32, scale [N, G], additive zero [N, G]) in fp32, in our groups of qt.group_size:
-    ŵ = (codes − 8)·scale + zero equals our dequantized weight."""
+    ŵ = (codes − 8)·scale + zero equals our dequantized weight.
+
+    定义于 第8章 §8.3
+    """
     if qt.bits != 4:
         raise ValueError(f"Int4PackLinear needs 4-bit codes, got {qt.bits}-bit")
     if qt.per_tensor or qt.q.dim() != 2:
@@ -64,7 +70,10 @@ class Int4PackLinear(nn.Module):
     """y = x · Ŵᵀ (+ bias) computed by torch's CPU int4 kernel straight from 4-bit codes.
 
     Several parts (e.g. q, k, v sharing one input) can be stacked into one kernel call; `split(x)` returns
-    the parts' outputs, like `common.fused.FusedLinear`."""
+    the parts' outputs, like `common.fused.FusedLinear`.
+
+    定义于 第8章 §8.3
+    """
 
     def __init__(self, parts: list[QuantizedTensor] | QuantizedTensor, bias: torch.Tensor | None = None,
                  dtype: torch.dtype = torch.bfloat16) -> None:
@@ -168,7 +177,10 @@ def int4pack_model(model: nn.Module, fuse: bool = False, group_size: int = 128) 
     fuse=True also does what `common.fused.fuse_for_serving` does for bf16 (the engine needs it: it fuses
     every model it is given, and that code reads nn.Linear weights): q/k/v and gate/up become one kernel call
     each, the separate projections are dropped (set to None, so the codes are stored once), the LM head gets
-    its prepacked copy, and `model.fused` is set so the engine leaves the model as it is."""
+    its prepacked copy, and `model.fused` is set so the engine leaves the model as it is.
+
+    定义于 第8章 §8.3
+    """
     if getattr(model, "fused", False):
         raise ValueError("the model is already fused for serving; convert the unfused model")
     dtype = model.dtype
@@ -194,7 +206,10 @@ def int4pack_model(model: nn.Module, fuse: bool = False, group_size: int = 128) 
 
 def decode_bytes_per_token(model: nn.Module) -> int:
     """Weight bytes one decode step reads: every projection and the LM head (the embedding lookup reads
-    one row, the norms are negligible). What a bandwidth-bound decode step costs: this / bytes per second."""
+    one row, the norms are negligible). What a bandwidth-bound decode step costs: this / bytes per second.
+
+    定义于 第8章 §8.3
+    """
     total = 0
     for name, module in model.named_modules():
         short = name.rsplit(".", 1)[-1]

@@ -19,7 +19,10 @@ from ..llama import ContextLengthError, LlamaConfig
 
 
 def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., D] -> int8 codes [..., D] and fp16 scales [...] (symmetric, per token and head)."""
+    """x [..., D] -> int8 codes [..., D] and fp16 scales [...] (symmetric, per token and head).
+
+    定义于 第8章 §8.5
+    """
     # clamp after the fp16 cast (to its smallest subnormal): an all-zero token must not get scale 0 (0/0 = NaN)
     scale = (x.abs().amax(-1).float() / 127).to(torch.float16).clamp_min(2 ** -24)
     codes = torch.clamp(torch.round(x.float() / scale.float()[..., None]), -127, 127).to(torch.int8)
@@ -27,11 +30,18 @@ def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def dequantize_kv(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """INT8 KV codes back to `dtype`, one scale per token and head.
+
+    定义于 第8章 §8.5
+    """
     return (codes.float() * scale.float()[..., None]).to(dtype)
 
 
 class Int8KVCache(KVCache):
-    """`KVCache` whose K/V buffers hold int8 codes, with fp16 scales [layers, batch, kv_heads, max_len]."""
+    """`KVCache` whose K/V buffers hold int8 codes, with fp16 scales [layers, batch, kv_heads, max_len].
+
+    定义于 第8章 §8.5
+    """
 
     def __init__(self, config: LlamaConfig, batch_size: int, max_seq_len: int,
                  device: str | torch.device = "cpu") -> None:

@@ -18,7 +18,10 @@ from .kv_int8 import Int8KVCache, dequantize_kv, quantize_kv
 
 
 class Int8PagedKVStore(PagedKVStore):
-    """`PagedKVStore` whose k_cache/v_cache hold int8 codes; k_scale/v_scale hold the fp16 scales."""
+    """`PagedKVStore` whose k_cache/v_cache hold int8 codes; k_scale/v_scale hold the fp16 scales.
+
+    定义于 第8章 §8.5
+    """
 
     def __init__(self, config: LlamaConfig, num_blocks: int, block_size: int,
                  device: str | torch.device = "cpu") -> None:

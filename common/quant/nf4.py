@@ -19,14 +19,20 @@ _NORMAL = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), tor
 
 
 def book_levels(bits: int = 4, normalize: bool = True) -> torch.Tensor:
-    """The book's q_i = Φ⁻¹((i + 0.5)/2^b), i = 0..2^b−1 (optionally divided by the largest)."""
+    """The book's q_i = Φ⁻¹((i + 0.5)/2^b), i = 0..2^b−1 (optionally divided by the largest).
+
+    定义于 第8章 §8.2.3
+    """
     p = (torch.arange(2 ** bits, dtype=torch.float64) + 0.5) / 2 ** bits
     q = _NORMAL.icdf(p)
     return q / q.abs().max() if normalize else q
 
 
 def nf4_levels(offset: float = 0.9677083) -> torch.Tensor:
-    """QLoRA's construction: 8 positive + 7 negative normal quantiles and an exact zero, in [-1, 1]."""
+    """QLoRA's construction: 8 positive + 7 negative normal quantiles and an exact zero, in [-1, 1].
+
+    定义于 第8章 §8.2.3
+    """
     pos = _NORMAL.icdf(torch.linspace(offset, 0.5, 9, dtype=torch.float64)[:-1])
     neg = -_NORMAL.icdf(torch.linspace(offset, 0.5, 8, dtype=torch.float64)[:-1])
     levels = torch.cat([pos / pos.max(), torch.zeros(1, dtype=torch.float64), neg / neg.abs().max()])
@@ -34,7 +40,10 @@ def nf4_levels(offset: float = 0.9677083) -> torch.Tensor:
 
 
 def quantize_to_levels(x: torch.Tensor, levels: torch.Tensor, block_size: int = 64) -> torch.Tensor:
-    """Block-wise absmax scaling, nearest level, dequantized back (returns x̂ in x's dtype)."""
+    """Block-wise absmax scaling, nearest level, dequantized back (returns x̂ in x's dtype).
+
+    定义于 第8章 §8.2.3
+    """
     if x.numel() % block_size:
         raise ValueError(f"{x.numel()} values do not split into blocks of {block_size}")
     blocks = x.reshape(-1, block_size).double()
@@ -46,7 +55,10 @@ def quantize_to_levels(x: torch.Tensor, levels: torch.Tensor, block_size: int = 
 
 def lloyd_max_normal(levels: int = 16, iters: int = 200) -> torch.Tensor:
     """MSE-optimal levels for N(0, 1): alternate thresholds t_i = (q_i + q_{i+1})/2 and centroids
-    q_i = (φ(t_{i−1}) − φ(t_i)) / (Φ(t_i) − Φ(t_{i−1}))."""
+    q_i = (φ(t_{i−1}) − φ(t_i)) / (Φ(t_i) − Φ(t_{i−1})).
+
+    定义于 第8章 §8.2.3
+    """
     q = torch.linspace(-2.5, 2.5, levels, dtype=torch.float64)
     for _ in range(iters):
         t = torch.cat([torch.tensor([-torch.inf], dtype=torch.float64), (q[1:] + q[:-1]) / 2,
@@ -59,7 +71,10 @@ def lloyd_max_normal(levels: int = 16, iters: int = 200) -> torch.Tensor:
 
 
 def expected_mse_normal(levels: torch.Tensor, samples: int = 400_000, seed: int = 0) -> float:
-    """E[(X − Q(X))²] for X ~ N(0, 1) quantized to the nearest of `levels` (Monte Carlo, fixed seed)."""
+    """E[(X − Q(X))²] for X ~ N(0, 1) quantized to the nearest of `levels` (Monte Carlo, fixed seed).
+
+    定义于 第8章 §8.2.3
+    """
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(samples, generator=g, dtype=torch.float64)
     idx = torch.bucketize(x, (levels[1:] + levels[:-1]) / 2)

@@ -23,14 +23,20 @@ def _check_codes(codes: torch.Tensor, signed: bool, per_word: int) -> None:
 
 
 def pack_int4_uint8(codes: torch.Tensor, signed: bool = True) -> torch.Tensor:
-    """[..., n] codes -> [..., n/2] uint8 (low nibble = even element)."""
+    """[..., n] codes -> [..., n/2] uint8 (low nibble = even element).
+
+    定义于 第8章 §8.3
+    """
     _check_codes(codes, signed, 2)
     nib = (codes.to(torch.int16) & 0xF).to(torch.uint8)
     return nib[..., 0::2] | (nib[..., 1::2] << 4)
 
 
 def unpack_int4_uint8(packed: torch.Tensor, signed: bool = True) -> torch.Tensor:
-    """[..., n/2] uint8 -> [..., n] int8 codes."""
+    """[..., n/2] uint8 -> [..., n] int8 codes.
+
+    定义于 第8章 §8.3
+    """
     if packed.dtype != torch.uint8:
         raise ValueError(f"packed must be uint8, got {packed.dtype}")
     lo, hi = (packed & 0xF), (packed >> 4)
@@ -39,7 +45,10 @@ def unpack_int4_uint8(packed: torch.Tensor, signed: bool = True) -> torch.Tensor
 
 
 def pack_int4_int32(codes: torch.Tensor, signed: bool = True) -> torch.Tensor:
-    """[..., n] codes -> [..., n/8] int32 (element 8i+k in bits 4k..4k+3)."""
+    """[..., n] codes -> [..., n/8] int32 (element 8i+k in bits 4k..4k+3).
+
+    定义于 第8章 §8.3
+    """
     _check_codes(codes, signed, 8)
     nib = (codes.to(torch.int64) & 0xF).reshape(*codes.shape[:-1], -1, 8)
     shifts = torch.arange(0, 32, 4, device=codes.device, dtype=torch.int64)
@@ -48,7 +57,10 @@ def pack_int4_int32(codes: torch.Tensor, signed: bool = True) -> torch.Tensor:
 
 
 def unpack_int4_int32(packed: torch.Tensor, signed: bool = True) -> torch.Tensor:
-    """[..., n/8] int32 -> [..., n] int8 codes."""
+    """[..., n/8] int32 -> [..., n] int8 codes.
+
+    定义于 第8章 §8.3
+    """
     if packed.dtype != torch.int32:
         raise ValueError(f"packed must be int32, got {packed.dtype}")
     shifts = torch.arange(0, 32, 4, device=packed.device, dtype=torch.int32)

@@ -20,7 +20,10 @@ LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 
 class QuantLinear(nn.Module):
-    """y = x · Ŵᵀ with Ŵ rebuilt from stored codes at every call (weight-only quantization)."""
+    """y = x · Ŵᵀ with Ŵ rebuilt from stored codes at every call (weight-only quantization).
+
+    定义于 第8章 §8.3
+    """
 
     def __init__(self, qt: QuantizedTensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -81,20 +84,30 @@ class QuantLinear(nn.Module):
 
 
 def iter_linears(model: nn.Module, names: tuple[str, ...] = LINEAR_NAMES) -> Iterator[tuple[str, nn.Module]]:
-    """(qualified name, module) of every decoder projection; lm_head and the embedding stay as they are."""
+    """(qualified name, module) of every decoder projection; lm_head and the embedding stay as they are.
+
+    定义于 第8章 §8.3
+    """
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in names and isinstance(module, nn.Linear):
             yield name, module
 
 
 def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    """Swap the submodule at dotted `name` for `new` (how a quantized layer goes in).
+
+    定义于 第8章 §8.3
+    """
     parent_name, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
 
 
 def quantize_model(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module] | None = None, *,
                    bits: int = 4, symmetric: bool = True, granularity: Granularity = 128) -> nn.Module:
-    """Replace every decoder nn.Linear by `make(name, linear)` (default: RTN QuantLinear). In place."""
+    """Replace every decoder nn.Linear by `make(name, linear)` (default: RTN QuantLinear). In place.
+
+    定义于 第8章 §8.3
+    """
     if make is None:
         def make(_name: str, linear: nn.Linear) -> nn.Module:
             return QuantLinear.from_linear(linear, bits, symmetric, granularity)
@@ -104,6 +117,10 @@ def quantize_model(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]
 
 
 def module_weight_bytes(module: nn.Module) -> int:
+    """Bytes of a module's own weights as stored, so quantized sizes are compared fairly.
+
+    定义于 第8章 §8.3
+    """
     if hasattr(module, "weight_bytes"):
         return int(module.weight_bytes)
     return sum(p.nbytes for p in module.parameters(recurse=False)) + sum(
@@ -111,7 +128,10 @@ def module_weight_bytes(module: nn.Module) -> int:
 
 
 def model_weight_bytes(model: nn.Module) -> int:
-    """Bytes of all weights, counting a tied embedding/LM head once and quantized layers at their packed size."""
+    """Bytes of all weights, counting a tied embedding/LM head once and quantized layers at their packed size.
+
+    定义于 第8章 §8.3
+    """
     seen: set[int] = set()
     total = 0
     for module in model.modules():

@@ -22,6 +22,10 @@ SHARED_INPUT = (("self_attn", ("q_proj", "k_proj", "v_proj")), ("self_attn", ("o
 
 
 def rtn_model(model: Llama, bits: int, granularity: str | int, symmetric: bool = True) -> Llama:
+    """Round-to-nearest every linear layer of the model: the baseline recipe.
+
+    定义于 第8章 §8.6
+    """
     return quantize_model(model, bits=bits, symmetric=symmetric, granularity=granularity)
 
 
@@ -37,6 +41,10 @@ def _split_rows(qt: QuantizedTensor, sizes: list[int]) -> list[QuantizedTensor]:
 
 def gptq_layer(layer: DecoderLayer, inputs: dict[str, torch.Tensor], bits: int = 4, group_size: int = 128,
                symmetric: bool = False, damp: float = 0.01) -> None:
+    """GPTQ on one decoder layer's linears, from the inputs captured during calibration.
+
+    定义于 第8章 §8.6
+    """
     for parent_name, names in SHARED_INPUT:
         parent = layer.get_submodule(parent_name)
         linears = [getattr(parent, n) for n in names]
@@ -48,7 +56,10 @@ def gptq_layer(layer: DecoderLayer, inputs: dict[str, torch.Tensor], bits: int =
 
 def gptq_model(model: Llama, calib_ids: torch.Tensor, bits: int = 4, group_size: int = 128,
                progress: bool = False) -> Llama:
-    """GPTQ every decoder layer in order, each calibrated on the outputs of the quantized layers before it."""
+    """GPTQ every decoder layer in order, each calibrated on the outputs of the quantized layers before it.
+
+    定义于 第8章 §8.6
+    """
     run_layerwise(model, calib_ids, lambda i, layer, inputs: gptq_layer(layer, inputs, bits, group_size),
                   progress)
     return model
@@ -56,7 +67,10 @@ def gptq_model(model: Llama, calib_ids: torch.Tensor, bits: int = 4, group_size:
 
 def awq_model(model: Llama, calib_ids: torch.Tensor, bits: int = 4, group_size: int = 128, grid: int = 11,
               progress: bool = False) -> dict[int, dict[str, float]]:
-    """AWQ every decoder layer; returns the chosen α per layer and linear group."""
+    """AWQ every decoder layer; returns the chosen α per layer and linear group.
+
+    定义于 第8章 §8.6
+    """
     alphas: dict[int, dict[str, float]] = {}
     run_layerwise(model, calib_ids,
                   lambda i, layer, inputs: alphas.__setitem__(i, awq_layer(layer, inputs, bits, group_size, grid)),
@@ -66,7 +80,10 @@ def awq_model(model: Llama, calib_ids: torch.Tensor, bits: int = 4, group_size: 
 
 def smoothquant_model(model: Llama, calib_ids: torch.Tensor, alpha: float = 0.5, smooth: bool = True,
                       progress: bool = False) -> dict[int, dict[str, float]]:
-    """SmoothQuant (or plain W8A8 with smooth=False) on every decoder layer; returns outlier ratios."""
+    """SmoothQuant (or plain W8A8 with smooth=False) on every decoder layer; returns outlier ratios.
+
+    定义于 第8章 §8.6
+    """
     stats: dict[int, dict[str, float]] = {}
 
     def process(i: int, layer: DecoderLayer, inputs: dict[str, torch.Tensor]) -> None:

@@ -26,6 +26,8 @@ class QuantizedTensor:
 
     q: int8 codes, same shape as the original tensor (packing to 4 bits is `packing`'s job);
     scale, zero: [rows, groups] (rows = all leading dims flattened; 1×1 for per-tensor).
+
+    定义于 第8章 §8.2.1
     """
 
     q: torch.Tensor
@@ -89,7 +91,10 @@ def _ragged_extrema(grouped: torch.Tensor, cols: int, g: int) -> tuple[torch.Ten
 
 def quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = True,
              granularity: Granularity = "channel") -> QuantizedTensor:
-    """RTN-quantize x along its last dimension (see the module docstring for the formulas)."""
+    """RTN-quantize x along its last dimension (see the module docstring for the formulas).
+
+    定义于 第8章 §8.2.1
+    """
     _check(x, bits)
     cols = x.shape[-1]
     grouped, g, per_tensor = _group_view(x.float(), granularity)
@@ -111,7 +116,10 @@ def quantize(x: torch.Tensor, bits: int = 8, symmetric: bool = True,
 
 
 def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """x̂ = s·q (symmetric) or s·(q − z) (asymmetric), expanding each group's scale over its columns."""
+    """x̂ = s·q (symmetric) or s·(q − z) (asymmetric), expanding each group's scale over its columns.
+
+    定义于 第8章 §8.2.1
+    """
     shape = qt.q.shape
     if qt.per_tensor:
         codes = qt.q.float().reshape(1, 1, -1)
@@ -131,12 +139,18 @@ def dequantize(qt: QuantizedTensor, dtype: torch.dtype = torch.float32) -> torch
 
 def quant_dequant(x: torch.Tensor, bits: int = 8, symmetric: bool = True,
                   granularity: Granularity = "channel") -> torch.Tensor:
-    """x̂ = dequantize(quantize(x)) in x's dtype: the 'fake quantization' used to measure error."""
+    """x̂ = dequantize(quantize(x)) in x's dtype: the 'fake quantization' used to measure error.
+
+    定义于 第8章 §8.2.1
+    """
     return quantize(x, bits, symmetric, granularity).dequantize(x.dtype)
 
 
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
-    """Signal-to-quantization-noise ratio 10·log10(E[x²] / E[(x − x̂)²]) in dB."""
+    """Signal-to-quantization-noise ratio 10·log10(E[x²] / E[(x − x̂)²]) in dB.
+
+    定义于 第8章 §8.2.1
+    """
     x, x_hat = x.double(), x_hat.double()
     noise = (x - x_hat).pow(2).mean()
     if noise == 0:
@@ -145,5 +159,8 @@ def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:
 
 
 def theoretical_sqnr_db(bits: int, sinusoid: bool = True) -> float:
-    """6.02·b + 1.76 dB: the textbook figure for a full-scale sinusoid (6.02·b for a full-range uniform signal)."""
+    """6.02·b + 1.76 dB: the textbook figure for a full-scale sinusoid (6.02·b for a full-range uniform signal).
+
+    定义于 第8章 §8.2.1
+    """
     return 6.02 * bits + (1.76 if sinusoid else 0.0)

@@ -18,7 +18,10 @@ from .rtn import quantize
 
 
 def smooth_scales(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float = 0.5) -> torch.Tensor:
-    """s_j = max|X_j|^α / max|W_j|^(1−α) (clamped away from 0)."""
+    """s_j = max|X_j|^α / max|W_j|^(1−α) (clamped away from 0).
+
+    定义于 第8章 §8.2.1
+    """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"migration strength alpha must be in [0, 1], got {alpha}")
     a = act_absmax.float().clamp_min(1e-5)
@@ -27,13 +30,19 @@ def smooth_scales(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: 
 
 
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dynamic symmetric INT8 per row: codes int8 [n, d] and scales [n, 1]."""
+    """Dynamic symmetric INT8 per row: codes int8 [n, d] and scales [n, 1].
+
+    定义于 第8章 §8.2.1
+    """
     scale = x.abs().amax(-1, keepdim=True).float().clamp_min(1e-8) / 127
     return torch.clamp(torch.round(x.float() / scale), -127, 127).to(torch.int8), scale
 
 
 def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
-    """a [n, k] int8 · b_t [k, m] int8 -> int32, exactly (torch._int_mm where it runs, else int64 matmul)."""
+    """a [n, k] int8 · b_t [k, m] int8 -> int32, exactly (torch._int_mm where it runs, else int64 matmul).
+
+    定义于 第8章 §8.2.1
+    """
     if a.shape[0] > 16 or a.device.type == "cpu":
         try:
             return torch._int_mm(a, b_t)
@@ -43,7 +52,10 @@ def int8_matmul(a: torch.Tensor, b_t: torch.Tensor) -> torch.Tensor:
 
 
 class W8A8Linear(nn.Module):
-    """y = (q_x · q_Wᵀ) ⊙ s_x ⊗ s_W: INT8 weights per output channel, INT8 activations per token."""
+    """y = (q_x · q_Wᵀ) ⊙ s_x ⊗ s_W: INT8 weights per output channel, INT8 activations per token.
+
+    定义于 第8章 §8.2.1
+    """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -73,7 +85,10 @@ class W8A8Linear(nn.Module):
 
 def smooth_layer(layer: DecoderLayer, inputs: dict[str, torch.Tensor], alpha: float = 0.5) -> dict[str, float]:
     """Fold SmoothQuant scales into one decoder layer (o_proj is left unsmoothed: with GQA its input
-    channels do not map one-to-one onto v_proj's rows). Returns the activation max/median ratio before/after."""
+    channels do not map one-to-one onto v_proj's rows). Returns the activation max/median ratio before/after.
+
+    定义于 第8章 §8.2.1
+    """
     ratios: dict[str, float] = {}
     for linears, prev in SCALE_GROUPS:
         short = linears[0].rsplit(".", 1)[-1]
@@ -88,7 +103,10 @@ def smooth_layer(layer: DecoderLayer, inputs: dict[str, torch.Tensor], alpha: fl
 
 
 def w8a8_layer(layer: DecoderLayer) -> None:
-    """Replace every projection of the layer by a W8A8Linear."""
+    """Replace every projection of the layer by a W8A8Linear.
+
+    定义于 第8章 §8.2.1
+    """
     for name in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
                  "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj"):
         parent, _, child = name.rpartition(".")

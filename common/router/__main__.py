@@ -12,6 +12,10 @@ from .policies import POLICIES
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m common.router`: start the router in front of the given replicas.
+
+    定义于 第10章 §10.2
+    """
     parser = argparse.ArgumentParser(prog="python -m common.router")
     parser.add_argument("--backends", required=True, help="comma list of replica base URLs")
     parser.add_argument("--policy", default="prefix", choices=POLICIES)

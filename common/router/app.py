@@ -42,6 +42,10 @@ RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})   # sglang-router's l
 
 @dataclass
 class RouterConfig:
+    """The router's timeouts, retries and health-check settings, with their defaults.
+
+    定义于 第10章 §10.2
+    """
     connect_timeout_s: float = 3.0
     read_timeout_s: float = 60.0          # the longest silence between two chunks (covers queueing + prefill)
     total_timeout_s: float = 600.0        # a cap on one upstream request, streaming included
@@ -57,7 +61,10 @@ class RouterConfig:
 
 def routing_key(path: str, body: dict) -> list[int]:
     """Token ids of a token-id prompt; otherwise the UTF-8 bytes of the text (a character-level
-    key, as SGLang's router uses, since the router has no tokenizer)."""
+    key, as SGLang's router uses, since the router has no tokenizer).
+
+    定义于 第10章 §10.2
+    """
     if path.endswith("/chat/completions"):
         messages = body.get("messages")
         if not isinstance(messages, list):
@@ -85,7 +92,10 @@ class _Failure:
 
 
 class Router:
-    """Holds the replicas, their in-flight counts, health and the policy; builds the aiohttp app."""
+    """Holds the replicas, their in-flight counts, health and the policy; builds the aiohttp app.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, backends: Sequence[str], policy: str | Policy = "round_robin",
                  config: RouterConfig | None = None, **policy_kwargs):

@@ -40,7 +40,10 @@ KINDS = ("ok", "failed_before_first_byte", "cut_with_error_event", "cut_without_
 
 @dataclass
 class StreamOutcome:
-    """What one client saw of one streamed request."""
+    """What one client saw of one streamed request.
+
+    定义于 第10章 §10.9
+    """
 
     start: float
     end: float
@@ -64,6 +67,10 @@ class StreamOutcome:
 
 @dataclass
 class ChaosReport:
+    """What a chaos run saw: outcome counts, when the replica died and came back.
+
+    定义于 第10章 §10.9
+    """
     counts: dict[str, int]
     duration_s: float
     victim: int
@@ -128,7 +135,10 @@ async def _stream(session: aiohttp.ClientSession, url: str, body: dict) -> Strea
 
 
 def kill(server: ManagedServer) -> None:
-    """SIGKILL the server's process group (no drain, no goodbye: a crash) and reap it."""
+    """SIGKILL the server's process group (no drain, no goodbye: a crash) and reap it.
+
+    定义于 第10章 §10.9
+    """
     if server.proc is None:
         raise ValueError(f"{server.name} is not running")
     os.killpg(server.proc.pid, signal.SIGKILL)
@@ -194,7 +204,10 @@ def run_chaos(replicas: Sequence[ManagedServer], model: str, victim: int = 1, po
               after_restart_s: float = 2.5, health_interval_s: float = 0.25, seed: int = 0,
               log_dir: str | Path | None = None) -> ChaosReport:
     """Route steady load over `replicas` (started, e.g. common.serve.launch.ServerProcess), kill replica
-    `victim` and restart it; see the module docstring for what is counted."""
+    `victim` and restart it; see the module docstring for what is counted.
+
+    定义于 第10章 §10.9
+    """
     if not 0 <= victim < len(replicas) or len(replicas) < 2:
         raise ValueError(f"need >= 2 replicas and a victim index among them, got {len(replicas)} and {victim}")
     urls = [r.base_url for r in replicas]

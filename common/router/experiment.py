@@ -31,7 +31,10 @@ def multi_turn_trace(conversations: int = 5, turns: int = 4, seed: int = 0, syst
                      output_len: int = 16) -> list[ServeRequest]:
     """Conversations start `stagger_s` apart; turn k of each is sent `gap_s` after turn k-1, with
     the previous prompt + a reply + a new user message as its prompt and the conversation id as
-    its session. A different seed gives the same shape with new text (no cache carry-over)."""
+    its session. A different seed gives the same shape with new text (no cache carry-over).
+
+    定义于 第10章 §10.2
+    """
     if conversations < 1 or turns < 1:
         raise ValueError("need at least one conversation and one turn")
     rng = random.Random(seed)
@@ -49,7 +52,10 @@ def multi_turn_trace(conversations: int = 5, turns: int = 4, seed: int = 0, syst
 
 def run_trace_through(url: str, model: str, requests: list[ServeRequest], replicas: list[str]) -> dict:
     """Replay `requests` against `url`; return the summary plus the replicas' prefix-cache hit rate
-    over this run and TTFT of the first turns vs the later turns."""
+    over this run and TTFT of the first turns vs the later turns.
+
+    定义于 第10章 §10.2
+    """
     names = ("prefix_cache_queries", "prefix_cache_hits")
     before = [scrape(r, names) for r in replicas]
     done, wall = run_sync(run_requests(url, model, requests, progress=False))
@@ -68,7 +74,10 @@ def run_trace_through(url: str, model: str, requests: list[ServeRequest], replic
 
 class RouterServer(ManagedServer):
     """`python -m common.router` in a child process on a free port. Keyword options become flags
-    (health_interval=0.25 → --health-interval 0.25)."""
+    (health_interval=0.25 → --health-interval 0.25).
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, backends: list[str], policy: str, block_size: int = 16, log_dir: str | Path | None = None,
                  **options: float | int | str):
@@ -82,7 +91,10 @@ class RouterServer(ManagedServer):
 
 
 class SGLangRouter(ManagedServer):
-    """sglang-router (Rust, `python -m sglang_router.launch_router`) in its default mode."""
+    """sglang-router (Rust, `python -m sglang_router.launch_router`) in its default mode.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, backends: list[str], policy: str = "cache_aware", log_dir: str | Path | None = None,
                  extra_args: list[str] | None = None):

@@ -15,6 +15,10 @@ from dataclasses import dataclass, field
 
 @dataclass
 class HealthConfig:
+    """Health-check period, timeout and the thresholds to eject and readmit a replica.
+
+    定义于 第10章 §10.9
+    """
     interval_s: float = 1.0
     timeout_s: float = 1.0
     unhealthy_after: int = 2
@@ -29,7 +33,10 @@ class HealthConfig:
 
 @dataclass
 class ReplicaHealth:
-    """One replica's probe streak and whether it is in rotation."""
+    """One replica's probe streak and whether it is in rotation.
+
+    定义于 第10章 §10.9
+    """
 
     healthy: bool = True            # optimistic at start: the first failed probes or a refused connection eject it
     failed_probes: int = 0          # in a row
@@ -39,7 +46,10 @@ class ReplicaHealth:
 
 @dataclass
 class HealthTable:
-    """Health of every replica plus a timestamped log of ejections and readmissions."""
+    """Health of every replica plus a timestamped log of ejections and readmissions.
+
+    定义于 第10章 §10.9
+    """
 
     num_replicas: int
     config: HealthConfig = field(default_factory=HealthConfig)

@@ -29,6 +29,10 @@ POLICIES = ("round_robin", "least_loaded", "session", "prefix")
 
 
 class Policy(Protocol):
+    """What a routing policy does: pick a replica for a request.
+
+    定义于 第7章 §7.4.6
+    """
     def choose(self, key: Sequence[int], session: str | None, loads: Sequence[int],
                eligible: Sequence[int] | None = None) -> int: ...
 
@@ -42,13 +46,20 @@ def _allowed(n: int, eligible: Sequence[int] | None) -> list[int]:
 
 
 def least_loaded(loads: Sequence[int], start: int = 0, eligible: Sequence[int] | None = None) -> int:
-    """Index of the smallest load among `eligible`; ties broken by rotating from `start` so equal replicas share."""
+    """Index of the smallest load among `eligible`; ties broken by rotating from `start` so equal replicas share.
+
+    定义于 第7章 §7.4.6
+    """
     n = len(loads)
     allowed = set(_allowed(n, eligible))
     return min(((start + i) % n for i in range(n) if (start + i) % n in allowed), key=lambda i: loads[i])
 
 
 class RoundRobin:
+    """Replicas in turn, blind to the cache: the baseline the cache-aware policy is compared with.
+
+    定义于 第7章 §7.4.6
+    """
     def __init__(self, num_replicas: int):
         _check_replicas(num_replicas)
         self.n = num_replicas
@@ -66,7 +77,10 @@ class RoundRobin:
 
 
 class LeastLoaded:
-    """Fewest requests in flight; ties rotate."""
+    """Fewest requests in flight; ties rotate.
+
+    定义于 第7章 §7.4.6
+    """
 
     def __init__(self, num_replicas: int):
         _check_replicas(num_replicas)
@@ -80,14 +94,20 @@ class LeastLoaded:
 
 
 def stable_hash(text: str) -> int:
-    """A hash that is the same in every process and on every run."""
+    """A hash that is the same in every process and on every run.
+
+    定义于 第7章 §7.4.6
+    """
     return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
 
 
 class SessionSticky:
     """hash(session) mod N; requests without a session go round-robin. When the home replica is not
     eligible (ejected, or already failed this request) the session goes to hash mod the eligible
-    ones, so only the sessions of the lost replica move and they all move the same way."""
+    ones, so only the sessions of the lost replica move and they all move the same way.
+
+    定义于 第7章 §7.4.6
+    """
 
     def __init__(self, num_replicas: int):
         _check_replicas(num_replicas)
@@ -104,7 +124,10 @@ class SessionSticky:
 
 
 class PrefixIndex:
-    """The block hashes one replica served recently, LRU-bounded like the replica's own cache."""
+    """The block hashes one replica served recently, LRU-bounded like the replica's own cache.
+
+    定义于 第7章 §7.4.6
+    """
 
     def __init__(self, capacity_blocks: int):
         self.capacity = capacity_blocks
@@ -135,7 +158,10 @@ class PrefixAware:
 
     min_match: fraction of the prompt's blocks that must match before the cache outweighs load.
     balance_abs: route by load instead when the best-match replica has this many more in-flight
-    requests than the least-loaded one (SGLang's router has the same two knobs)."""
+    requests than the least-loaded one (SGLang's router has the same two knobs).
+
+    定义于 第7章 §7.4.6
+    """
 
     def __init__(self, num_replicas: int, block_size: int = 16, min_match: float = 0.1, balance_abs: int = 8,
                  capacity_blocks: int = 1 << 16):
@@ -167,6 +193,10 @@ class PrefixAware:
 
 
 def make_policy(name: str, num_replicas: int, **kwargs) -> Policy:
+    """A policy by name (round_robin, least_loaded, session, prefix, ...).
+
+    定义于 第7章 §7.4.6
+    """
     if name == "round_robin":
         return RoundRobin(num_replicas)
     if name == "least_loaded":

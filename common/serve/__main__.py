@@ -21,12 +21,19 @@ EXIT_ENGINE_FAILED = 3
 
 
 def trained_positions(model: str) -> int:
-    """The model's max_position_embeddings, read from its config.json (no weights loaded)."""
+    """The model's max_position_embeddings, read from its config.json (no weights loaded).
+
+    定义于 第10章 §10.2
+    """
     from ..models import load_config
     return load_config(model).max_position_embeddings
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The server's command-line flags.
+
+    定义于 第10章 §10.2
+    """
     p = argparse.ArgumentParser(prog="python -m common.serve", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m", help="common.models name (smollm2-135m, tiny)")
@@ -72,14 +79,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fault_step() -> int | None:
-    """Fault injection for tests: COMMON_SERVE_FAIL_AT_STEP=N makes the engine's N-th step raise."""
+    """Fault injection for tests: COMMON_SERVE_FAIL_AT_STEP=N makes the engine's N-th step raise.
+
+    定义于 第10章 §10.2
+    """
     value = os.environ.get(FAULT_ENV)
     return int(value) if value else None
 
 
 def build(args: argparse.Namespace, on_crash: Callable[[BaseException], None] | None = None):
     """The LLM (warmed up), its AsyncEngine with metrics, and the app. `on_crash` runs once a step
-    raised and every in-flight request got its error."""
+    raised and every in-flight request got its error.
+
+    定义于 第10章 §10.2
+    """
     from ..engine import LLM, SamplingParams
     from .app import create_app
     from .async_engine import AsyncEngine
@@ -96,6 +109,10 @@ def build(args: argparse.Namespace, on_crash: Callable[[BaseException], None] | 
 
 
 def main(argv: list[str] | None = None) -> int:
+    """`python -m common.serve`: build the engine and app from the flags and serve with uvicorn.
+
+    定义于 第10章 §10.2
+    """
     import uvicorn
 
     args = parse_args(argv)

@@ -46,7 +46,10 @@ COMPONENTS = "#/components/schemas/"
 @dataclass
 class Impl:
     """The swappable pieces (lab 10): validate_request, IncrementalDetokenizer, stream_sse. The server's
-    own detokenizer is the O(new tokens) one (common.serve.detokenize); readers write the simple one."""
+    own detokenizer is the O(new tokens) one (common.serve.detokenize); readers write the simple one.
+
+    定义于 第10章 §10.2
+    """
 
     validate_request: Callable = validation.validate_request
     IncrementalDetokenizer: type = StreamingDetokenizer        # O(new tokens); lab 10 writes the simple one
@@ -70,6 +73,10 @@ class Impl:
 
 
 def make_limits(llm: Any, model_name: str) -> Limits:
+    """The limits validation checks a request against (context length, vocabulary) and its encoders.
+
+    定义于 第10章 §10.2
+    """
     tok = llm.tokenizer
     # one encode now: a fast tokenizer resets its truncation/padding state (a mutation) on its first
     # call; requests then encode in worker threads concurrently, and must only ever read it
@@ -90,7 +97,10 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, api_key: str | None = None,
                allowed_origins: Sequence[str] = ()) -> FastAPI:
     """The app; the engine thread starts with the app's lifespan and stops (cancelling what is
-    left) after uvicorn drained the open connections on SIGTERM/SIGINT."""
+    left) after uvicorn drained the open connections on SIGTERM/SIGINT.
+
+    定义于 第10章 §10.2
+    """
     impl = impl or Impl.from_env()
     llm = engine.llm
     if llm.tokenizer is None:
@@ -234,7 +244,10 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
 
 def require_json(request: Request) -> None:
     """A body declared as another media type (a form, as `curl -d` without -H sends; text/plain) is
-    refused with 415 and a message that says what to send; a request without Content-Type is read as JSON."""
+    refused with 415 and a message that says what to send; a request without Content-Type is read as JSON.
+
+    定义于 第10章 §10.2
+    """
     ctype = request.headers.get("content-type")
     if ctype is not None and ctype.split(";")[0].strip().lower() != "application/json":
         raise APIError(f"Content-Type {ctype[:60]!r} is not supported: send application/json", status=415,
@@ -244,14 +257,20 @@ def require_json(request: Request) -> None:
 def request_body(model: type[BaseModel]) -> dict:
     """The OpenAPI requestBody of a route that reads its raw body itself (to answer OpenAI's 400s, not
     FastAPI's 422s): without it /openapi.json would not say what the route accepts, and schema-driven
-    clients and fuzzers (schemathesis, tests/test_serve_schemathesis.py) would send nothing useful."""
+    clients and fuzzers (schemathesis, tests/test_serve_schemathesis.py) would send nothing useful.
+
+    定义于 第10章 §10.2
+    """
     schema = model.model_json_schema(ref_template=COMPONENTS + "{model}")
     schema.pop("$defs", None)
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def publish_schemas(app: FastAPI, *models: type[BaseModel]) -> None:
-    """Add the models' nested schemas ($defs) to /openapi.json's components, where request_body refers."""
+    """Add the models' nested schemas ($defs) to /openapi.json's components, where request_body refers.
+
+    定义于 第10章 §10.2
+    """
     defs: dict = {}
     for model in models:
         defs.update(model.model_json_schema(ref_template=COMPONENTS + "{model}").get("$defs", {}))

@@ -30,7 +30,10 @@ MAX_KEPT_STATS = 10_000
 
 @dataclass
 class TokenEvent:
-    """New tokens of one of a request's n completions; finish_reason is set on its last event."""
+    """New tokens of one of a request's n completions; finish_reason is set on its last event.
+
+    定义于 第10章 §10.2
+    """
 
     index: int
     token_ids: list[int]
@@ -41,7 +44,10 @@ class TokenEvent:
 
 @dataclass
 class Snapshot:
-    """What /metrics and /health read, published by the engine thread."""
+    """What /metrics and /health read, published by the engine thread.
+
+    定义于 第10章 §10.2
+    """
 
     num_running: int = 0
     num_waiting: int = 0
@@ -51,7 +57,10 @@ class Snapshot:
 
 class RequestStream:
     """The handler's side of one request: `async for events in stream` yields lists of TokenEvent
-    until all n completions finished; `abort()` (also on exit of `async with`) cancels it."""
+    until all n completions finished; `abort()` (also on exit of `async with`) cancels it.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, engine: "AsyncEngine", request_id: str, n: int, num_prompt_tokens: int):
         self.engine, self.request_id, self.n = engine, request_id, n
@@ -106,12 +115,18 @@ class RequestStream:
 
 
 class ClientGone(Exception):
-    """The request was aborted (its client disconnected) while someone waited for its events."""
+    """The request was aborted (its client disconnected) while someone waited for its events.
+
+    定义于 第10章 §10.2
+    """
 
 
 class EngineDead(RuntimeError):
     """The engine thread stopped: `crashed` (a step raised: in-flight requests get 500 and the
-    server exits non-zero, as vLLM does) or a shutdown (503)."""
+    server exits non-zero, as vLLM does) or a shutdown (503).
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, message: str, crashed: bool = False):
         super().__init__(message)
@@ -119,10 +134,17 @@ class EngineDead(RuntimeError):
 
 
 class InjectedFault(RuntimeError):
-    """Raised by step `fail_at_step` (fault-injection tests only)."""
+    """Raised by step `fail_at_step` (fault-injection tests only).
+
+    定义于 第10章 §10.2
+    """
 
 
 class AsyncEngine:
+    """The offline LLM driven by one background step loop, shared by every HTTP request.
+
+    定义于 第10章 §10.2
+    """
     def __init__(self, llm: LLM, metrics: EngineMetrics | None = None, idle_wait_s: float = 0.5,
                  fail_at_step: int | None = None, on_crash: Callable[[BaseException], None] | None = None):
         """`on_crash(error)` runs on the event loop after a step raised and every in-flight request got

@@ -30,7 +30,10 @@ except ImportError:                                  # tokenizers < 0.21
 
 def special_ids(tokenizer: Any) -> set[int]:
     """The ids `decode(skip_special_tokens=True)` drops: all added tokens marked special (e.g. SmolLM2's
-    <repo_name>), which `all_special_ids` (bos/eos/unk/pad only) misses."""
+    <repo_name>), which `all_special_ids` (bos/eos/unk/pad only) misses.
+
+    定义于 第10章 §10.2
+    """
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     return {i for i, t in added.items() if getattr(t, "special", False)} | set(tokenizer.all_special_ids)
 
@@ -57,7 +60,10 @@ class _OffsetDecoder:
 
 class StreamingDetokenizer:
     """Text deltas of one growing completion, each token decoded once. `push(ids)` returns the new
-    safe text (maybe ""); `finish(stop_reason)` the rest. Same interface as lab 10's version."""
+    safe text (maybe ""); `finish(stop_reason)` the rest. Same interface as lab 10's version.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True, stop: Iterable[str] = (),
                  use_decode_stream: bool = True):

@@ -24,18 +24,25 @@ from .validation import APIError, error_body
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20           # 1 MiB: a full 8k-token context as JSON token ids is ~60 kB
 API_KEY_ENV = "COMMON_SERVE_API_KEY"       # like vLLM's VLLM_API_KEY
-API_KEY_ALIAS_ENV = "OPENAI_API_KEY"       # the issue's alias; clients set it too, so it comes last and is logged
+API_KEY_ALIAS_ENV = "OPENAI_API_KEY"       # what OpenAI clients read too: so it comes last, and its use is logged
 PROTECTED_PREFIX = "/v1"
 
 
 def too_large(size: int | None, max_bytes: int) -> APIError:
+    """The 413 error for a body over --max-body-bytes.
+
+    定义于 第10章 §10.8
+    """
     what = f"has {size} bytes" if size is not None else "goes on past the limit"
     return APIError(f"the request body {what}; the limit is {max_bytes} bytes (--max-body-bytes)",
                     status=413, code="request_too_large", headers={"Connection": "close"})
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
-    """The body, or APIError(413) without reading past `max_bytes` (APIError(400) for a bad length)."""
+    """The body, or APIError(413) without reading past `max_bytes` (APIError(400) for a bad length).
+
+    定义于 第10章 §10.8
+    """
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -56,7 +63,10 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
 
 def api_key_source(flag: str | None) -> tuple[str | None, str | None]:
     """(key, where it came from): --api-key, else $COMMON_SERVE_API_KEY, else $OPENAI_API_KEY; empty
-    values count as unset, so `COMMON_SERVE_API_KEY=` ... cannot turn auth on by accident."""
+    values count as unset, so `COMMON_SERVE_API_KEY=` ... cannot turn auth on by accident.
+
+    定义于 第10章 §10.8
+    """
     if flag:
         return flag, "--api-key"
     for name in (API_KEY_ENV, API_KEY_ALIAS_ENV):
@@ -66,7 +76,10 @@ def api_key_source(flag: str | None) -> tuple[str | None, str | None]:
 
 
 def resolve_api_key(flag: str | None) -> str | None:
-    """The key /v1 requires (None: no auth); see api_key_source."""
+    """The key /v1 requires (None: no auth); see api_key_source.
+
+    定义于 第10章 §10.8
+    """
     return api_key_source(flag)[0]
 
 
@@ -75,7 +88,10 @@ def _protected(path: str) -> bool:
 
 
 def bearer_matches(authorization: bytes | None, key: bytes) -> bool:
-    """`Authorization: Bearer <key>` (scheme case-insensitive), the token compared in constant time."""
+    """`Authorization: Bearer <key>` (scheme case-insensitive), the token compared in constant time.
+
+    定义于 第10章 §10.8
+    """
     if not authorization:
         return False
     scheme, _, token = authorization.strip().partition(b" ")
@@ -85,7 +101,10 @@ def bearer_matches(authorization: bytes | None, key: bytes) -> bool:
 class APIKeyMiddleware:
     """Pure ASGI (a BaseHTTPMiddleware would sit between the handlers and the disconnect messages
     they watch): 401 in OpenAI's error schema for a /v1 request without the right bearer token.
-    CORS preflights (OPTIONS) pass: browsers send them without credentials."""
+    CORS preflights (OPTIONS) pass: browsers send them without credentials.
+
+    定义于 第10章 §10.8
+    """
 
     def __init__(self, app: ASGIApp, api_key: str) -> None:
         self.app, self.key = app, api_key.encode()
@@ -103,13 +122,19 @@ class APIKeyMiddleware:
 
 
 def parse_origins(text: str | None) -> list[str]:
-    """"https://a.example, https://b.example" → the list (empty entries dropped)."""
+    """"https://a.example, https://b.example" → the list (empty entries dropped).
+
+    定义于 第10章 §10.8
+    """
     return [o.strip() for o in (text or "").split(",") if o.strip()]
 
 
 def add_guards(app: FastAPI, api_key: str | None, allowed_origins: Sequence[str]) -> None:
     """Auth inside, CORS outside (Starlette: the last added runs first), so that a 401 still carries
-    the CORS headers a browser needs to read it, and preflights never meet the key check."""
+    the CORS headers a browser needs to read it, and preflights never meet the key check.
+
+    定义于 第10章 §10.8
+    """
     if api_key:
         app.add_middleware(APIKeyMiddleware, api_key=api_key)
     if allowed_origins:

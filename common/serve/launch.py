@@ -21,7 +21,10 @@ from .guards import API_KEY_ALIAS_ENV, API_KEY_ENV
 
 
 def flags(options: dict) -> list[str]:
-    """{"max_num_seqs": 64, "enable_prefix_caching": False} → ["--max-num-seqs", "64", "--no-enable-prefix-caching"]."""
+    """{"max_num_seqs": 64, "enable_prefix_caching": False} → ["--max-num-seqs", "64", "--no-enable-prefix-caching"].
+
+    定义于 第10章 §10.2
+    """
     out: list[str] = []
     for key, value in options.items():
         flag = "--" + key.replace("_", "-")
@@ -37,7 +40,10 @@ def flags(options: dict) -> list[str]:
 
 
 class ServerProcess(ManagedServer):
-    """Start `python -m common.serve` on enter (waits for /health), stop it on exit."""
+    """Start `python -m common.serve` on enter (waits for /health), stop it on exit.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, model: str = "smollm2-135m", port: int | None = None, impl: str | Path | None = None,
                  log_path: str | Path | None = None, startup_timeout_s: float = 180, env: dict | None = None,

@@ -20,7 +20,10 @@ MIN_LOGPROB = -9999.0
 
 
 def bytes_to_unicode() -> dict[int, str]:
-    """GPT-2's byte-level alphabet: each byte as a printable character (byte-level BPE vocabularies)."""
+    """GPT-2's byte-level alphabet: each byte as a printable character (byte-level BPE vocabularies).
+
+    定义于 第10章 §10.2
+    """
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), 256))
     chars, extra = list(printable), 0
     for b in range(256):
@@ -35,7 +38,10 @@ BYTE_OF_CHAR = {c: b for b, c in bytes_to_unicode().items()}
 
 
 class LogprobFormat:
-    """Formats the logprobs of one request; `num` = how many alternatives the client asked for."""
+    """Formats the logprobs of one request; `num` = how many alternatives the client asked for.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, tokenizer: Any, num: int) -> None:
         self.tokenizer, self.num = tokenizer, num

@@ -29,7 +29,10 @@ disable_created_metrics()   # no *_created series (vLLM does not export them eit
 
 
 class EngineMetrics:
-    """One registry per server (tests start several servers; the global registry would clash)."""
+    """One registry per server (tests start several servers; the global registry would clash).
+
+    定义于 第10章 §10.4
+    """
 
     def __init__(self, model_name: str) -> None:
         self.registry = CollectorRegistry()

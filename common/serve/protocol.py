@@ -41,7 +41,10 @@ UNSUPPORTED_CHAT: dict[str, tuple] = {
 
 
 def is_unused(value: Any, unused: tuple) -> bool:
-    """`value` equals one of `unused` with the same type (0 == False must not count)."""
+    """`value` equals one of `unused` with the same type (0 == False must not count).
+
+    定义于 第10章 §10.2
+    """
     return any(type(value) is type(u) and value == u for u in unused)
 
 
@@ -52,6 +55,10 @@ def _short(value: Any) -> str:
 
 
 class StreamOptions(BaseModel):
+    """OpenAI's stream_options: whether the last streamed chunk carries usage.
+
+    定义于 第10章 §10.2
+    """
     include_usage: bool = False
 
 
@@ -102,7 +109,10 @@ class _Common(BaseModel):
 
 class CompletionRequest(_Common):
     """POST /v1/completions. `prompt` is one string or one token-id list (a batch of prompts is
-    rejected with a clear error: one request = one prompt keeps usage and streaming simple)."""
+    rejected with a clear error: one request = one prompt keeps usage and streaming simple).
+
+    定义于 第10章 §10.2
+    """
 
     UNSUPPORTED: ClassVar[dict[str, tuple]] = UNSUPPORTED_COMPLETION
 
@@ -116,6 +126,10 @@ class CompletionRequest(_Common):
 
 
 class ChatMessage(BaseModel):
+    """One chat message (role and content) of a chat completion request.
+
+    定义于 第10章 §10.2
+    """
     model_config = ConfigDict(extra="ignore")
 
     role: Literal["system", "user", "assistant"]
@@ -123,7 +137,10 @@ class ChatMessage(BaseModel):
 
 
 class ChatCompletionRequest(_Common):
-    """POST /v1/chat/completions; the prompt is the tokenizer's chat template over `messages`."""
+    """POST /v1/chat/completions; the prompt is the tokenizer's chat template over `messages`.
+
+    定义于 第10章 §10.2
+    """
 
     UNSUPPORTED: ClassVar[dict[str, tuple]] = UNSUPPORTED_CHAT
 

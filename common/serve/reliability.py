@@ -34,7 +34,10 @@ KV_BYTES_PER_TOKEN_TINY = 3 * 2 * 2 * 16 * 4   # layers * (K, V) * kv heads * he
 
 
 def random_prompts(num: int, seed: int, min_len: int = 4, max_len: int = 24) -> list[list[int]]:
-    """Token-id prompts (no tokenizer round trip), reproducible from `seed`."""
+    """Token-id prompts (no tokenizer round trip), reproducible from `seed`.
+
+    定义于 第10章 §10.9
+    """
     rng = random.Random(seed)
     return [[rng.randrange(3, VOCAB) for _ in range(rng.randint(min_len, max_len))] for _ in range(num)]
 
@@ -45,7 +48,10 @@ async def stream_completion(http: httpx.AsyncClient, model: str, prompt: list[in
     """One greedy streamed completion. Returns {"status", "text", "finish_reason", "done", "error",
     "retries", "outcome"}; outcome is "ok", "error" (a clear error: status >= 400 with an OpenAI body,
     or an SSE error event before [DONE]) or "lost" (anything else). With retry_429, a 429 is retried
-    after its Retry-After (and counted in "retries")."""
+    after its Retry-After (and counted in "retries").
+
+    定义于 第10章 §10.9
+    """
     body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0, "ignore_eos": True,
             "stream": True, **fields}
     retries = 0
@@ -106,7 +112,10 @@ def _server(**options: Any) -> Iterator[ServerProcess]:
 # ---- the table's rows ------------------------------------------------------------------------------
 def load_held(streams: int = 200, max_tokens: int = 16, seed: int = 0) -> dict:
     """`streams` concurrent streaming clients on one server (room for all): how many completed, lost,
-    and requests per second over the wall time of the burst."""
+    and requests per second over the wall time of the burst.
+
+    定义于 第10章 §10.9
+    """
     prompts = random_prompts(streams, seed)
     with _server(max_num_seqs=256, max_queue=max(512, streams)) as srv:
         t0 = time.perf_counter()
@@ -122,7 +131,10 @@ def kv_exhaustion(streams: int = 200, max_tokens: int = 48, kv_tokens: int = 153
     """A KV pool of `kv_tokens` tokens (tiny: 768 bytes each) against `streams` clients that each need
     prompt + max_tokens (~60) tokens: the engine must preempt (recompute) again and again. With
     `max_queue` < streams some clients get 429 and retry after Retry-After. Returns counts, the
-    preemptions from /metrics, and every completed text in prompt order (`texts`, None if not ok)."""
+    preemptions from /metrics, and every completed text in prompt order (`texts`, None if not ok).
+
+    定义于 第10章 §10.9
+    """
     prompts = random_prompts(streams, seed)
     options = dict(max_num_seqs=64, max_queue=max_queue, block_size=block_size,
                    kv_cache_memory=kv_tokens * KV_BYTES_PER_TOKEN_TINY, enable_prefix_caching=False)
@@ -148,7 +160,10 @@ def engine_failure(fail_at_step: int = 150, streams: int = 4, non_streamed: int 
     `streams` streamed and `non_streamed` plain requests run (all arrive within the first few steps and
     need `max_tokens` > fail_at_step steps, so all are in flight when it fails). Each must end with a
     clear error (an SSE error event then [DONE]; a 500 with an OpenAI body), and the process must exit
-    non-zero."""
+    non-zero.
+
+    定义于 第10章 §10.9
+    """
     from .__main__ import FAULT_ENV
     if max_tokens <= fail_at_step:
         raise ValueError(f"max_tokens ({max_tokens}) must exceed fail_at_step ({fail_at_step}): requests that "
@@ -206,7 +221,10 @@ def fuzz_schema(max_examples: int = 25, seed: int = 0) -> dict:
     """schemathesis over the app's own /openapi.json, in process (Starlette's TestClient, lifespan
     started once): for each operation `max_examples` schema-valid cases (the body's `model` set to the
     served one so they reach the engine) and, for POST routes, as many schema-violating ones.
-    Returns the number of cases, the 5xx among them and the status counts."""
+    Returns the number of cases, the 5xx among them and the status counts.
+
+    定义于 第10章 §10.9
+    """
     import schemathesis
     from fastapi.testclient import TestClient
     from hypothesis import HealthCheck, given, settings
@@ -269,7 +287,10 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
 
 
 def malformed_bodies(max_body_bytes: int = 1 << 20) -> dict[str, int]:
-    """Status per hand-made malformed request (MALFORMED), in process: each must be a 4xx."""
+    """Status per hand-made malformed request (MALFORMED), in process: each must be a 4xx.
+
+    定义于 第10章 §10.9
+    """
     from fastapi.testclient import TestClient
     app = _in_process_app(max_body_bytes=max_body_bytes)
     with TestClient(app, raise_server_exceptions=False) as client:
@@ -281,7 +302,10 @@ def auth_bypass(key: str = "reliability-key-0123456789") -> dict:
     """With --api-key set, requests that try to reach /v1 without it: missing, wrong, truncated or
     extended keys, other schemes, the key in the query string or a cookie, path tricks (case, double
     slash, encoded slash, dot segments, trailing slash), other methods. Returns the attempts and the
-    ones that got a 2xx (must be none), plus a control request with the key (must be 200)."""
+    ones that got a 2xx (must be none), plus a control request with the key (must be 200).
+
+    定义于 第10章 §10.9
+    """
     from fastapi.testclient import TestClient
     app = _in_process_app(api_key=key)
     bearer = {"Authorization": f"Bearer {key}"}

@@ -9,12 +9,19 @@ from .logprobs import LogprobFormat
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict:
+    """OpenAI's usage object: prompt, completion and total tokens.
+
+    定义于 第10章 §10.2
+    """
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens}
 
 
 class ResponseFactory:
-    """Builds the dicts of one request: same id, creation time and model in every chunk."""
+    """Builds the dicts of one request: same id, creation time and model in every chunk.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, kind: str, model: str) -> None:
         self.chat = kind == "chat"

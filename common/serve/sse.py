@@ -20,7 +20,10 @@ REPLACEMENT = "\ufffd"
 
 
 def sse_event(payload: dict | str) -> str:
-    """One SSE event carrying a JSON object (or a preformatted string such as "[DONE]")."""
+    """One SSE event carrying a JSON object (or a preformatted string such as "[DONE]").
+
+    定义于 第10章 §10.2
+    """
     data = payload if isinstance(payload, str) else json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
     if "\n" in data:
         raise ValueError("an SSE data line must not contain a newline (JSON-encode the payload)")
@@ -29,7 +32,10 @@ def sse_event(payload: dict | str) -> str:
 
 def final_text(tokenizer: Any, token_ids: Sequence[int], skip_special_tokens: bool = True,
                stop_reason: int | str | None = None) -> str:
-    """The non-streamed text of a completion: everything decoded, cut before a matched stop string."""
+    """The non-streamed text of a completion: everything decoded, cut before a matched stop string.
+
+    定义于 第10章 §10.2
+    """
     text = tokenizer.decode(list(token_ids), skip_special_tokens=skip_special_tokens)
     if isinstance(stop_reason, str) and stop_reason in text:
         text = text[:text.index(stop_reason)]
@@ -38,7 +44,10 @@ def final_text(tokenizer: Any, token_ids: Sequence[int], skip_special_tokens: bo
 
 class IncrementalDetokenizer:
     """Text deltas of one growing completion. `push(ids)` returns the new safe text (maybe "");
-    `finish(stop_reason)` returns the rest, so that all deltas joined == `final_text(...)`."""
+    `finish(stop_reason)` returns the rest, so that all deltas joined == `final_text(...)`.
+
+    定义于 第10章 §10.2
+    """
 
     def __init__(self, tokenizer: Any, skip_special_tokens: bool = True, stop: Iterable[str] = ()):
         self.tokenizer, self.skip_special_tokens = tokenizer, skip_special_tokens
@@ -78,7 +87,10 @@ async def stream_sse(events: AsyncIterator[list], detokenizers: Sequence[Increme
                      usage_chunk: Callable[[int], dict] | None = None) -> AsyncIterator[str]:
     """Engine token events (lists of objects with .index, .token_ids, .finish_reason, .stop_reason)
     → SSE strings: one chunk per event as it arrives (its text delta may be "" while a character is
-    unfinished), then `usage_chunk(completion tokens)` if given, then [DONE]."""
+    unfinished), then `usage_chunk(completion tokens)` if given, then [DONE].
+
+    定义于 第10章 §10.2
+    """
     generated = 0
     async for batch in events:
         for ev in batch:

@@ -24,7 +24,10 @@ GREEDY_BELOW = 1e-5   # vLLM's rule: a smaller temperature is greedy (dividing b
 
 
 class APIError(Exception):
-    """An error the client caused (or a full queue): HTTP status + OpenAI's error fields."""
+    """An error the client caused (or a full queue): HTTP status + OpenAI's error fields.
+
+    定义于 第10章 §10.8
+    """
 
     def __init__(self, message: str, status: int = 400, type: str = "invalid_request_error",
                  param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None):
@@ -38,12 +41,19 @@ class APIError(Exception):
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict:
+    """An OpenAI-format error body for a request that fails validation.
+
+    定义于 第10章 §10.8
+    """
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
 
 
 @dataclass
 class Limits:
-    """What the serving model allows; `chat_ids(messages)` applies the chat template."""
+    """What the serving model allows; `chat_ids(messages)` applies the chat template.
+
+    定义于 第10章 §10.8
+    """
 
     model_name: str
     max_model_len: int
@@ -57,7 +67,10 @@ def _loc(err: dict) -> str:
 
 
 def parse_body(raw: bytes | str | Any, kind: RequestKind) -> CompletionRequest | ChatCompletionRequest:
-    """JSON text (or an already decoded object) → the pydantic request model, else APIError(400)."""
+    """JSON text (or an already decoded object) → the pydantic request model, else APIError(400).
+
+    定义于 第10章 §10.8
+    """
     if isinstance(raw, (bytes, bytearray, str)):
         try:
             raw = json.loads(raw)
@@ -76,7 +89,10 @@ def parse_body(raw: bytes | str | Any, kind: RequestKind) -> CompletionRequest |
 
 
 def require_utf8(text: str, param: str) -> str:
-    """JSON may carry a lone surrogate ("\\ud800"), which no UTF-8 text (and no tokenizer) accepts."""
+    """JSON may carry a lone surrogate ("\\ud800"), which no UTF-8 text (and no tokenizer) accepts.
+
+    定义于 第10章 §10.8
+    """
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
@@ -85,7 +101,10 @@ def require_utf8(text: str, param: str) -> str:
 
 
 def prompt_ids(req: CompletionRequest | ChatCompletionRequest, limits: Limits) -> list[int]:
-    """The prompt as token ids: chat template, text, or the client's own ids (range-checked)."""
+    """The prompt as token ids: chat template, text, or the client's own ids (range-checked).
+
+    定义于 第10章 §10.8
+    """
     if isinstance(req, ChatCompletionRequest):
         for m in req.messages:
             require_utf8(m.content, "messages")
@@ -114,7 +133,10 @@ def prompt_ids(req: CompletionRequest | ChatCompletionRequest, limits: Limits) -
 
 def sampling_params(req: CompletionRequest | ChatCompletionRequest, num_prompt: int,
                     limits: Limits) -> SamplingParams:
-    """OpenAI fields → SamplingParams; max_tokens defaults to the rest of the context (vLLM's rule)."""
+    """OpenAI fields → SamplingParams; max_tokens defaults to the rest of the context (vLLM's rule).
+
+    定义于 第10章 §10.8
+    """
     wanted = req.wanted_tokens if isinstance(req, ChatCompletionRequest) else req.max_tokens
     room = limits.max_model_len - num_prompt
     chat_limit = isinstance(req, ChatCompletionRequest) and req.max_completion_tokens
@@ -150,7 +172,10 @@ def sampling_params(req: CompletionRequest | ChatCompletionRequest, num_prompt: 
 
 def validate_request(raw: bytes | str | Any, kind: RequestKind,
                      limits: Limits) -> tuple[CompletionRequest | ChatCompletionRequest, list[int], SamplingParams]:
-    """The whole check: parse, model name, prompt, sampling parameters. Raises APIError."""
+    """The whole check: parse, model name, prompt, sampling parameters. Raises APIError.
+
+    定义于 第10章 §10.8
+    """
     req = parse_body(raw, kind)
     if req.model != limits.model_name:
         raise APIError(f"the model {req.model!r} does not exist; this server serves {limits.model_name!r}",

@@ -26,7 +26,10 @@ from .verify import greedy_verify, speculative_verify
 
 @dataclass
 class SpecResult:
-    """New tokens plus what the chapter measures: proposals, acceptances and where time went."""
+    """New tokens plus what the chapter measures: proposals, acceptances and where time went.
+
+    定义于 第9章 §9.2
+    """
     tokens: list[int]
     target_steps: int = 0            # verification passes (the prefill is not counted)
     proposed: int = 0                # draft tokens sent to the target
@@ -65,7 +68,10 @@ def speculative_generate(target: Llama, prompt_ids: Sequence[int] | torch.Tensor
                          eos_token_id: int | None = None, generator: torch.Generator | None = None) -> SpecResult:
     """Generate with draft-verify. temperature 0: greedy, identical to `greedy_generate`;
     temperature > 0: speculative sampling, distributed exactly as sampling the target at that
-    temperature. drafter None or k = 0 is plain decoding through the same loop (the baseline)."""
+    temperature. drafter None or k = 0 is plain decoding through the same loop (the baseline).
+
+    定义于 第9章 §9.2
+    """
     if k < 0 or int(k) != k:
         raise ValueError(f"k must be a non-negative integer, got {k}")
     if temperature < 0:

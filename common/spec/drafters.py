@@ -20,7 +20,10 @@ from ..llama import Llama
 @dataclass
 class Draft:
     """k proposed tokens and, for speculative sampling, the distribution q [k, vocab] each was drawn
-    from (None for greedy drafting)."""
+    from (None for greedy drafting).
+
+    定义于 第9章 §9.4
+    """
     tokens: list[int]
     probs: torch.Tensor | None = None
 
@@ -28,7 +31,10 @@ class Draft:
 class Drafter(Protocol):
     """A drafter may also set `uses_target_hidden = True` and define `observe_target_hidden(h)`: the loop
     then hands it the target's final hidden state of the newest token's parent after every target forward
-    (Medusa heads read it instead of running a model of their own)."""
+    (Medusa heads read it instead of running a model of their own).
+
+    定义于 第9章 §9.4
+    """
 
     name: str
 
@@ -44,7 +50,10 @@ def _check_k(k: int) -> None:
 
 class NgramDrafter:
     """Prompt lookup: find the latest earlier occurrence of the last n tokens (n from max_n down to
-    min_n) and propose what followed it. Costs no model call; shines on repetitive text and code."""
+    min_n) and propose what followed it. Costs no model call; shines on repetitive text and code.
+
+    定义于 第9章 §9.4
+    """
 
     def __init__(self, max_n: int = 3, min_n: int = 1, vocab_size: int | None = None) -> None:
         if not 1 <= min_n <= max_n:
@@ -83,7 +92,10 @@ class NgramDrafter:
 
 def truncated_model(target: Llama, num_layers: int) -> Llama:
     """The first num_layers decoder layers of `target` with its final norm and LM head, sharing its
-    weights (no copy): the 'self-draft' that needs no training and no extra memory."""
+    weights (no copy): the 'self-draft' that needs no training and no extra memory.
+
+    定义于 第9章 §9.4
+    """
     total = target.config.num_hidden_layers
     if not 1 <= num_layers <= total:
         raise ValueError(f"num_layers must be in [1, {total}], got {num_layers}")
@@ -96,7 +108,10 @@ def truncated_model(target: Llama, num_layers: int) -> Llama:
 
 
 class ModelDrafter:
-    """Drafts autoregressively with a small causal LM that keeps its own contiguous KV cache."""
+    """Drafts autoregressively with a small causal LM that keeps its own contiguous KV cache.
+
+    定义于 第9章 §9.4
+    """
 
     def __init__(self, model: Llama, name: str, max_seq_len: int | None = None) -> None:
         self.model, self.name = model, name
@@ -145,7 +160,10 @@ class ModelDrafter:
 
 
 class SelfDraftDrafter(ModelDrafter):
-    """Self-speculation: the target's first m layers + final norm + LM head (shared weights)."""
+    """Self-speculation: the target's first m layers + final norm + LM head (shared weights).
+
+    定义于 第9章 §9.4
+    """
 
     def __init__(self, target: Llama, num_layers: int, max_seq_len: int | None = None) -> None:
         super().__init__(truncated_model(target, num_layers), f"self-draft(m={num_layers})", max_seq_len)
@@ -154,7 +172,10 @@ class SelfDraftDrafter(ModelDrafter):
 class QuantizedDrafter(ModelDrafter):
     """A weight-only RTN-quantized copy of the target (chapter 8's `common.quant`): same architecture,
     so it agrees with the target most of the time; it pays only where low-bit weights are read by a
-    fused kernel (on this CPU `QuantLinear` dequantizes at every call, so it is not cheaper)."""
+    fused kernel (on this CPU `QuantLinear` dequantizes at every call, so it is not cheaper).
+
+    定义于 第9章 §9.4
+    """
 
     def __init__(self, target: Llama, bits: int = 8, granularity: str | int = "channel",
                  max_seq_len: int | None = None) -> None:

@@ -27,7 +27,10 @@ from .drafters import Draft, _check_k
 
 
 class MedusaHeads(nn.Module):
-    """`num_heads` residual SiLU blocks in front of a shared, frozen LM head."""
+    """`num_heads` residual SiLU blocks in front of a shared, frozen LM head.
+
+    定义于 第9章 §9.3
+    """
 
     def __init__(self, lm_head: nn.Linear, num_heads: int) -> None:
         super().__init__()
@@ -57,7 +60,10 @@ class MedusaHeads(nn.Module):
 @dataclass
 class DistillSet:
     """Hidden states h_t [N, hidden] and the tokens that follow them: future[:, i] = token t+2+i, the
-    target of head i (0-based). Positions without num_heads+1 tokens after them are left out."""
+    target of head i (0-based). Positions without num_heads+1 tokens after them are left out.
+
+    定义于 第9章 §9.3
+    """
     hidden: torch.Tensor
     future: torch.Tensor
 
@@ -72,7 +78,10 @@ def distill_set(model: Llama, sequences: Sequence[Sequence[int]], num_heads: int
     final hidden state with the num_heads tokens after the next one.
 
     prompt_lens: keep only the positions whose targets are all generated tokens (a chat template's tokens
-    are trivially predictable and would flatter the heads' accuracy)."""
+    are trivially predictable and would flatter the heads' accuracy).
+
+    定义于 第9章 §9.3
+    """
     if prompt_lens is not None and len(prompt_lens) != len(sequences):
         raise ValueError(f"{len(prompt_lens)} prompt lengths for {len(sequences)} sequences")
     hidden, future = [], []
@@ -94,7 +103,10 @@ def distill_set(model: Llama, sequences: Sequence[Sequence[int]], num_heads: int
 def train_heads(heads: MedusaHeads, data: DistillSet, epochs: int = 2, batch_size: int = 512, lr: float = 3e-3,
                 seed: int = 0) -> list[float]:
     """Cross-entropy of every head on its own future token, summed over heads (Medusa-1's loss with equal
-    weights), AdamW. Returns the mean loss of each epoch."""
+    weights), AdamW. Returns the mean loss of each epoch.
+
+    定义于 第9章 §9.3
+    """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"need epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     gen = torch.Generator().manual_seed(seed)
@@ -122,7 +134,10 @@ def train_heads(heads: MedusaHeads, data: DistillSet, epochs: int = 2, batch_siz
 @torch.inference_mode()
 def head_accuracy(heads: MedusaHeads, data: DistillSet, topk: Sequence[int] = (1, 5),
                   batch_size: int = 1024) -> dict[int, list[float]]:
-    """{k: [top-k accuracy of head 0, head 1, ...]} on held-out positions."""
+    """{k: [top-k accuracy of head 0, head 1, ...]} on held-out positions.
+
+    定义于 第9章 §9.3
+    """
     hits = {k: torch.zeros(heads.num_heads) for k in topk}
     for start in range(0, len(data), batch_size):
         h = data.hidden[start:start + batch_size].to(heads.lm_head.weight.dtype)
@@ -137,7 +152,10 @@ def head_accuracy(heads: MedusaHeads, data: DistillSet, topk: Sequence[int] = (1
 class MedusaDrafter:
     """Proposes head i's guess as draft token i from the hidden state the target computed for the last
     committed token. It never runs the target itself: `speculative_generate` hands it that hidden state
-    (drafters with `uses_target_hidden` get `observe_target_hidden(h)` after every target forward)."""
+    (drafters with `uses_target_hidden` get `observe_target_hidden(h)` after every target forward).
+
+    定义于 第9章 §9.3
+    """
 
     uses_target_hidden = True
 
@@ -172,7 +190,10 @@ class MedusaDrafter:
 def save_medusa_checkpoint(heads: MedusaHeads, folder: str | Path) -> Path:
     """Write the heads as a Medusa checkpoint that vLLM's `speculative_config={"method": "medusa", "model": folder}`
     loads (its MedusaModel: one residual block per head with bias, and `original_lm_head` so every head shares
-    the one LM head we trained against)."""
+    the one LM head we trained against).
+
+    定义于 第9章 §9.3
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     hidden, vocab = heads.lm_head.in_features, heads.lm_head.out_features

@@ -15,7 +15,10 @@ def _check(alpha: float, k: int) -> None:
 
 
 def expected_tokens(alpha: float, k: int) -> float:
-    """Expected tokens produced per target forward pass with k draft tokens (k=0: plain decoding)."""
+    """Expected tokens produced per target forward pass with k draft tokens (k=0: plain decoding).
+
+    定义于 第9章 §9.5
+    """
     _check(alpha, k)
     if alpha == 1.0:
         return float(k + 1)
@@ -28,6 +31,8 @@ def speedup(alpha: float, k: int, c: float, verify_cost: float = 1.0) -> float:
     c: cost of one draft step relative to one target decode step; verify_cost: cost of the
     (k+1)-token verification pass relative to a 1-token decode (about 1 while decoding is
     memory-bound, growing once the batch makes it compute-bound).
+
+    定义于 第9章 §9.5
     """
     _check(alpha, k)
     if c < 0 or verify_cost <= 0:
@@ -36,7 +41,10 @@ def speedup(alpha: float, k: int, c: float, verify_cost: float = 1.0) -> float:
 
 
 def fit_alpha(tokens_per_step: float, k: int, tol: float = 1e-10) -> float:
-    """The alpha whose expected_tokens(alpha, k) equals a measured mean (bisection; it is monotone)."""
+    """The alpha whose expected_tokens(alpha, k) equals a measured mean (bisection; it is monotone).
+
+    定义于 第9章 §9.5
+    """
     _check(0.0, k)
     if not 1.0 <= tokens_per_step <= k + 1:
         raise ValueError(f"tokens per step must lie in [1, k+1] = [1, {k + 1}], got {tokens_per_step}")

@@ -27,7 +27,10 @@ def _check_rows(p: torch.Tensor, draft: torch.Tensor) -> None:
 
 
 def greedy_verify(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[int, int]:
-    """(number of accepted draft tokens n, the target's token at position n)."""
+    """(number of accepted draft tokens n, the target's token at position n).
+
+    定义于 第9章 §9.2
+    """
     draft = torch.as_tensor(draft, dtype=torch.long, device=target_logits.device).reshape(-1)
     _check_rows(target_logits, draft)
     choice = target_logits.argmax(dim=-1)
@@ -37,7 +40,10 @@ def greedy_verify(target_logits: torch.Tensor, draft: torch.Tensor) -> tuple[int
 
 
 def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """norm(max(0, p - q)); where p == q (nothing to correct) it is p itself."""
+    """norm(max(0, p - q)); where p == q (nothing to correct) it is p itself.
+
+    定义于 第9章 §9.2
+    """
     diff = (p - q).clamp_min(0)
     total = diff.sum(dim=-1, keepdim=True)
     return torch.where(total > 0, diff / total.clamp_min(torch.finfo(diff.dtype).tiny), p)
@@ -46,7 +52,10 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 def rejection_step(p: torch.Tensor, q: torch.Tensor, x: int, u: float,
                    generator: torch.Generator | None = None) -> tuple[bool, int]:
     """One position: accept draft token x (drawn from q) iff u < p(x)/q(x), i.e. with probability
-    min(1, p(x)/q(x)); otherwise sample a replacement from the residual. Returns (accepted, token)."""
+    min(1, p(x)/q(x)); otherwise sample a replacement from the residual. Returns (accepted, token).
+
+    定义于 第9章 §9.2
+    """
     if p.shape != q.shape or p.dim() != 1:
         raise ValueError(f"p and q must be 1-D distributions of one size, got {tuple(p.shape)} and {tuple(q.shape)}")
     if not 0 <= x < p.numel():
@@ -63,7 +72,10 @@ def rejection_step(p: torch.Tensor, q: torch.Tensor, x: int, u: float,
 def speculative_verify(p: torch.Tensor, q: torch.Tensor, draft: torch.Tensor,
                        generator: torch.Generator | None = None) -> tuple[int, int]:
     """Speculative sampling over k draft tokens: p [k+1, vocab] target probabilities, q [k, vocab]
-    the drafter's. Returns (accepted n, next token: a residual sample or, if all pass, a draw from p[k])."""
+    the drafter's. Returns (accepted n, next token: a residual sample or, if all pass, a draw from p[k]).
+
+    定义于 第9章 §9.2
+    """
     draft = torch.as_tensor(draft, dtype=torch.long, device=p.device).reshape(-1)
     _check_rows(p, draft)
     if q.shape != (draft.numel(), p.shape[1]):

@@ -7,6 +7,10 @@ SUPPORTED = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def check_tensor(x: torch.Tensor, name: str, ndim: int | None = None) -> None:
+    """Reject a bad kernel input with a clear error before it reaches Triton.
+
+    本书无对应章节（工具）
+    """
     if not isinstance(x, torch.Tensor):
         raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in SUPPORTED:

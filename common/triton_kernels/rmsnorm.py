@@ -27,7 +27,10 @@ def _rmsnorm_kernel(x_ptr, w_ptr, out_ptr, n_cols, stride_row, eps, BLOCK: tl.co
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """RMSNorm over the last dimension of x (any leading shape); weight has x.shape[-1] elements."""
+    """RMSNorm over the last dimension of x (any leading shape); weight has x.shape[-1] elements.
+
+    定义于 第3章 §3.2.7
+    """
     check_tensor(x, "x")
     check_tensor(weight, "weight", ndim=1)
     if weight.shape[0] != x.shape[-1]:

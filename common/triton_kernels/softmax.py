@@ -21,7 +21,10 @@ def _softmax_kernel(x_ptr, out_ptr, n_cols, stride_row, BLOCK: tl.constexpr):
 
 
 def softmax(x: torch.Tensor) -> torch.Tensor:
-    """Softmax over the last dimension of x (any leading shape), computed in fp32."""
+    """Softmax over the last dimension of x (any leading shape), computed in fp32.
+
+    定义于 第3章 §3.2.7
+    """
     check_tensor(x, "x")
     rows = x.contiguous().view(-1, x.shape[-1])
     out = torch.empty_like(rows)

@@ -20,7 +20,10 @@ def _add_kernel(x_ptr, y_ptr, out_ptr, n, BLOCK: tl.constexpr):
 
 
 def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Tensor:
-    """x + y for two same-shape contiguous tensors; grid = ceil(n / block) programs."""
+    """x + y for two same-shape contiguous tensors; grid = ceil(n / block) programs.
+
+    定义于 第3章 §3.2.7
+    """
     check_tensor(x, "x")
     check_tensor(y, "y")
     if x.shape != y.shape or x.dtype != y.dtype:
@@ -35,5 +38,8 @@ def vector_add(x: torch.Tensor, y: torch.Tensor, block: int = 1024) -> torch.Ten
 
 
 def grid_size(n: int, block: int) -> int:
-    """Number of programs (blocks) the launch above uses."""
+    """Number of programs (blocks) the launch above uses.
+
+    定义于 第3章 §3.2.7
+    """
     return triton.cdiv(n, block)

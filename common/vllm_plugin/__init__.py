@@ -22,7 +22,10 @@ BANNED_TOKENS_PROCESSOR = "common.vllm_plugin.banned_tokens:BannedTokensLogitsPr
 
 def register() -> None:
     """vLLM's general-plugin hook: may run several times per process, so it must be idempotent and cheap
-    (the model class is registered lazily by its qualified name: nothing heavy is imported here)."""
+    (the model class is registered lazily by its qualified name: nothing heavy is imported here).
+
+    定义于 第5章 §5.11.7
+    """
     from vllm import ModelRegistry
 
     if SCRATCH_ARCHITECTURE not in ModelRegistry.get_supported_archs():

@@ -21,7 +21,10 @@ def _banned_ids(params: SamplingParams, _prompt_ids: list[int] | None, _output_i
 
 
 class BannedTokensLogitsProcessor(LogitsProcessor):
-    """Keeps {batch row -> banned ids}; vLLM reports rows added, removed and moved through `update_state`."""
+    """Keeps {batch row -> banned ids}; vLLM reports rows added, removed and moved through `update_state`.
+
+    定义于 第5章 §5.11.7
+    """
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         self.device = device

@@ -18,7 +18,10 @@ from vllm.v1.request import Request
 
 
 class ShortestPromptFirstQueue(RequestQueue):
-    """Heap keyed by (prompt length, arrival time, insertion order)."""
+    """Heap keyed by (prompt length, arrival time, insertion order).
+
+    定义于 第5章 §5.11.7
+    """
 
     def __init__(self) -> None:
         self._heap: list[tuple[int, float, int, Request]] = []
@@ -66,7 +69,10 @@ class ShortestPromptFirstQueue(RequestQueue):
 
 class ShortestPromptFirstScheduler(AsyncScheduler):
     """vLLM's default V1 scheduler (AsyncScheduler: token budget, chunked prefill, preemption, async scheduling
-    unchanged) with SPF waiting queues; subclassing the sync `Scheduler` would lose async scheduling."""
+    unchanged) with SPF waiting queues; subclassing the sync `Scheduler` would lose async scheduling.
+
+    定义于 第5章 §5.11.7
+    """
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

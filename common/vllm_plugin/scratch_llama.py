@@ -19,7 +19,10 @@ from common.llama import Llama, LlamaConfig
 
 
 class VLLMAttentionCache:
-    """`common.llama.AttentionCache` on top of vLLM: vLLM's flattened batch [tokens] is our batch of one."""
+    """`common.llama.AttentionCache` on top of vLLM: vLLM's flattened batch [tokens] is our batch of one.
+
+    定义于 第5章 §5.11.7
+    """
 
     def __init__(self, layers: nn.ModuleList) -> None:
         self.layers = layers
@@ -37,7 +40,10 @@ class VLLMAttentionCache:
 
 class ScratchLlamaForCausalLM(nn.Module):
     """vLLM's model interface (`vllm_config` init, `embed_input_ids`, `forward`, `compute_logits`, `load_weights`)
-    around `common.llama.Llama`."""
+    around `common.llama.Llama`.
+
+    定义于 第5章 §5.11.7
+    """
 
     def __init__(self, *, vllm_config: VllmConfig, prefix: str = "") -> None:
         super().__init__()
