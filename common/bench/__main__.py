@@ -53,15 +53,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_sglang(args, parser)
     if args.mode == "serve":
-        from .serve import run_serve
+        from .serve import run_serve_from_args
 
         if not args.base_url:
             parser.error("serve needs --base-url (or --launch sglang)")
-        run_serve(args.base_url, args.model, args.request_rate, num_prompts=args.num_prompts,
-                  input_len=args.input_len, output_len=args.output_len, vocab_size=args.vocab_size,
-                  seed=args.seed, trace=args.trace, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
-                  max_concurrency=args.max_concurrency, warmup=args.warmup, per_request=args.per_request,
-                  json_path=args.json)
+        run_serve_from_args(args, args.base_url, args.model)
         return 0
     run_offline([e.strip() for e in args.engines.split(",") if e.strip()], args.num_prompts, args.input_len,
                 args.output_len, args.dtype, args.model, args.seed, args.json, args.figure,

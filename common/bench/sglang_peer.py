@@ -74,12 +74,8 @@ def serve_sglang(args, parser) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps({"server": row, "results": []}, indent=1))
         return 0
-    from .serve import run_serve
+    from .serve import run_serve_from_args
 
     with SGLangServer(args.model) as srv:
-        run_serve(srv.base_url, srv.served_model_name, args.request_rate, num_prompts=args.num_prompts,
-                  input_len=args.input_len, output_len=args.output_len, vocab_size=args.vocab_size,
-                  seed=args.seed, trace=args.trace, slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
-                  max_concurrency=args.max_concurrency, warmup=args.warmup, per_request=args.per_request,
-                  json_path=args.json)
+        run_serve_from_args(args, srv.base_url, srv.served_model_name)
     return 0
