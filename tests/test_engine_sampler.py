@@ -14,7 +14,9 @@ def _brute_keep(row: torch.Tensor, k: int, p: float) -> set[int]:
     order = row.argsort(descending=True).tolist()
     if k:
         order = order[:k]
-    probs = torch.softmax(row[order], -1)
+    if p >= 1.0:                     # top_p = 1 disables the nucleus filter, as in vLLM
+        return set(order)
+    probs = torch.softmax(row[order].double(), -1)
     keep, mass = [], 0.0
     for tok, pr in zip(order, probs.tolist()):
         keep.append(tok)
