@@ -214,7 +214,7 @@ DEFAULTS = {
 
 @pytest.fixture(scope="module")
 def limits():
-    return make_limits(_llm(), "tiny")
+    return make_limits(AsyncEngine(_llm()), "tiny")
 
 
 @pytest.mark.parametrize("kind,field,value", UNSUPPORTED)

@@ -102,7 +102,7 @@ def test_async_engine_refuses_what_llm_refuses(tiny, tok):
 
 def test_validation_maps_openai_fields(tiny, tok):
     llm = _llm(tiny, tok)
-    limits = make_limits(llm, "tiny")
+    limits = make_limits(AsyncEngine(llm), "tiny")
     req, ids, params = validate_request(b'{"model": "tiny", "prompt": "hi there", "max_tokens": 3, "temperature": 0,'
                                         b' "stop": "x", "ignore_eos": true, "seed": 4}', "completion", limits)
     assert ids == tok.encode("hi there") and params.max_tokens == 3 and params.greedy and params.ignore_eos

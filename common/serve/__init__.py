@@ -1,6 +1,9 @@
 """Chapter 10: an OpenAI-compatible HTTP server on our engine (`python -m common.serve`).
 
-- `async_engine.AsyncEngine`: the LLM's step loop in one thread, asyncio streams per request.
+- `engine_loop.EngineLoop`: the one owner of the LLM: commands in, one message of new tokens per step out.
+- `engine_core`: where that loop runs: `ProcessCore` (its own process, the server's default, as vLLM V1)
+  or `ThreadCore` (a thread of this process: tests, in-process apps).
+- `async_engine.AsyncEngine`: the asyncio side: submit/abort, a queue per request, metrics from the messages.
 - `validation.validate_request`: raw body → (request, prompt ids, SamplingParams) or APIError (400/429).
 - `sse`: `sse_event`, `IncrementalDetokenizer` (lab 10's simple version), `stream_sse` (token events → SSE chunks).
 - `detokenize.StreamingDetokenizer`: the server's detokenizer, O(new tokens) per push (DecodeStream).

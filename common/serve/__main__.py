@@ -52,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="comma-separated origins browsers may call the API from (CORS; default: none)")
     p.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds SIGTERM/SIGINT waits for open requests before cancelling them")
+    p.add_argument("--engine-core", choices=("process", "thread"), default="process",
+                   help="where the engine's step loop runs: its own process (default, as vLLM V1's EngineCore: "
+                        "no GIL shared with HTTP and detokenization) or a thread of the server process")
     p.add_argument("--log-level", default="warning")
     args = p.parse_args(argv)
     if args.max_queue < 1:
@@ -88,22 +91,26 @@ def fault_step() -> int | None:
 
 
 def build(args: argparse.Namespace, on_crash: Callable[[BaseException], None] | None = None):
-    """The LLM (warmed up), its AsyncEngine with metrics, and the app. `on_crash` runs once a step
-    raised and every in-flight request got its error.
+    """The engine (loaded and warmed up, in its own process unless --engine-core thread), its
+    AsyncEngine with metrics, and the app. `on_crash` runs once the engine failed and every in-flight
+    request got its error.
 
     定义于 第10章 §10.2
     """
-    from ..engine import LLM, SamplingParams
     from .app import create_app
     from .async_engine import AsyncEngine
     from .metrics import EngineMetrics
 
-    llm = LLM(args.model, config=EngineConfig.from_cli_args(args))
-    # one tiny request so the first client does not pay for lazy initialisation; then clean counters
-    llm.generate([[1, 2, 3]], SamplingParams(max_tokens=2, temperature=0.0), use_tqdm=False)
-    llm.reset_stats()
+    config = EngineConfig.from_cli_args(args)
     name = args.served_model_name or args.model
-    engine = AsyncEngine(llm, EngineMetrics(name), fail_at_step=fault_step(), on_crash=on_crash)
+    metrics = EngineMetrics(name)
+    if args.engine_core == "process":
+        engine = AsyncEngine.spawn(args.model, config, metrics, on_crash, fault_step(), args.log_level)
+    else:
+        from ..engine import LLM
+        from .engine_core import warm_up
+
+        engine = AsyncEngine(warm_up(LLM(args.model, config=config)), metrics, on_crash, fault_step())
     return create_app(engine, name, max_queue=args.max_queue, max_body_bytes=args.max_body_bytes,
                       api_key=args.api_key, allowed_origins=args.allowed_origins)
 

@@ -72,12 +72,12 @@ class Impl:
         return cls.from_file(path) if path else cls()
 
 
-def make_limits(llm: Any, model_name: str) -> Limits:
+def make_limits(engine: AsyncEngine, model_name: str) -> Limits:
     """The limits validation checks a request against (context length, vocabulary) and its encoders.
 
     定义于 第10章 §10.2
     """
-    tok = llm.tokenizer
+    tok = engine.tokenizer
     # one encode now: a fast tokenizer resets its truncation/padding state (a mutation) on its first
     # call; requests then encode in worker threads concurrently, and must only ever read it
     tok.encode("warm up", add_special_tokens=False)
@@ -86,7 +86,7 @@ def make_limits(llm: Any, model_name: str) -> Limits:
         text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return tok.encode(text, add_special_tokens=False)
 
-    return Limits(model_name, llm.max_model_len, llm.config.vocab_size, tok.encode, chat_ids)
+    return Limits(model_name, engine.max_model_len, engine.vocab_size, tok.encode, chat_ids)
 
 
 def _error(exc: APIError) -> JSONResponse:
@@ -102,10 +102,8 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
     定义于 第10章 §10.2
     """
     impl = impl or Impl.from_env()
-    llm = engine.llm
-    if llm.tokenizer is None:
-        raise ValueError("the server needs an LLM with a tokenizer")
-    limits = make_limits(llm, model_name)
+    limits = make_limits(engine, model_name)
+    tokenizer = engine.tokenizer
 
     async def lifespan(app: FastAPI):
         engine.start()
@@ -171,7 +169,7 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
 
     async def _stream_body(stream, ids, params, req, factory: ResponseFactory):
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        detoks = [impl.IncrementalDetokenizer(llm.tokenizer, params.skip_special_tokens, params.stop_list)
+        detoks = [impl.IncrementalDetokenizer(tokenizer, params.skip_special_tokens, params.stop_list)
                   for _ in range(params.n)]
         events = stream if params.logprobs is None else _attach_logprobs(stream, factory, params)
         async with stream:                              # leaving early (client gone) aborts the request
@@ -185,7 +183,7 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
 
     async def _attach_logprobs(stream, factory: ResponseFactory, params):
         """Hands each event's logprobs object to the factory just before stream_sse makes its chunk."""
-        formats = [LogprobFormat(llm.tokenizer, params.logprobs) for _ in range(params.n)]
+        formats = [LogprobFormat(tokenizer, params.logprobs) for _ in range(params.n)]
         async for batch in stream:
             for ev in batch:
                 factory.attached[ev.index] = factory.logprobs_of(formats[ev.index], ev.token_ids, ev.logprobs or [])
@@ -205,11 +203,11 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
                             reasons[ev.index] = (ev.finish_reason, ev.stop_reason)
             except EngineDead as e:
                 raise APIError(str(e), status=500 if e.crashed else 503, type="server_error") from None
-        choices = [(sse.final_text(llm.tokenizer, out[i], params.skip_special_tokens, reasons[i][1]), reasons[i][0])
+        choices = [(sse.final_text(tokenizer, out[i], params.skip_special_tokens, reasons[i][1]), reasons[i][0])
                    for i in range(params.n)]
         formatted = None
         if params.logprobs is not None:
-            formatted = [factory.logprobs_of(LogprobFormat(llm.tokenizer, params.logprobs), out[i], logprobs[i])
+            formatted = [factory.logprobs_of(LogprobFormat(tokenizer, params.logprobs), out[i], logprobs[i])
                          for i in range(params.n)]
         return factory.full(choices, len(ids), sum(len(o) for o in out), formatted)
 
@@ -224,7 +222,7 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
     @app.get("/v1/models")
     async def models() -> dict:
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "common",
-                                            "max_model_len": llm.max_model_len}]}
+                                            "max_model_len": engine.max_model_len}]}
 
     @app.get("/health")
     async def health() -> Response:

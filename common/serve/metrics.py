@@ -3,8 +3,9 @@ alerts and `common.bench.prom.scrape` work against our server and `vllm serve`.
 
 The book invents names such as `llm_requests_total` / `gpu_memory_usage`; we only export what the
 engine really measures, named as vLLM names the same quantity. Labels: model_name and engine
-(vLLM's pair). Gauges are set from the engine thread's snapshot after every step; counters and
-histograms are fed by the engine thread as requests finish (prometheus_client is thread-safe).
+(vLLM's pair). Everything is fed on the server's event loop from the engine loop's messages
+(common.serve.engine_loop): gauges and cumulative counters from each step's Snapshot, histograms from
+each finished completion's FinishedStats, as vLLM's API process does with its EngineCore's stats.
 """
 from __future__ import annotations
 
@@ -12,10 +13,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
-from ..engine.sequence import Sequence
-
 if TYPE_CHECKING:
-    from ..engine import LLM
+    from .engine_loop import FinishedStats, Snapshot
 
 # vLLM's buckets (seconds), shortened at the top: a CPU server is slow but not minutes-per-token slow
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -72,7 +71,7 @@ class EngineMetrics:
                                     "Histogram of time spent in WAITING phase for request.", E2E_BUCKETS)
         self._seen_queries = self._seen_hits = self._seen_preemptions = 0
 
-    # ---- fed by the engine thread -----------------------------------------------------------
+    # ---- fed from the engine loop's messages -------------------------------------------------------
     def on_add(self, num_prompt_tokens: int) -> None:
         self.prompt_tokens.inc(num_prompt_tokens)
 
@@ -80,7 +79,7 @@ class EngineMetrics:
         if n:
             self.generation_tokens.inc(n)
 
-    def on_finish(self, seq: Sequence) -> None:
+    def on_finish(self, seq: "FinishedStats") -> None:
         """A completion ended normally (stop/length); aborted ones are counted by `on_abort`."""
         self.success[seq.finish_reason if seq.finish_reason in self.success else "stop"].inc()
         times = seq.token_times
@@ -98,17 +97,15 @@ class EngineMetrics:
     def on_abort(self, num_seqs: int) -> None:
         self.success["abort"].inc(num_seqs)
 
-    def on_step(self, snapshot, llm: "LLM") -> None:
+    def on_step(self, snapshot: "Snapshot") -> None:
         self.running.set(snapshot.num_running)
         self.waiting.set(snapshot.num_waiting)
         self.kv_usage.set(snapshot.kv_usage)
-        stats = llm.block_manager.stats
-        self.prefix_queries.inc(stats.queries - self._seen_queries)
-        self.prefix_hits.inc(stats.hits - self._seen_hits)
-        self._seen_queries, self._seen_hits = stats.queries, stats.hits
-        preemptions = llm.scheduler.num_preemptions
-        self.preemptions.inc(preemptions - self._seen_preemptions)
-        self._seen_preemptions = preemptions
+        self.prefix_queries.inc(snapshot.prefix_queries - self._seen_queries)
+        self.prefix_hits.inc(snapshot.prefix_hits - self._seen_hits)
+        self.preemptions.inc(snapshot.num_preemptions - self._seen_preemptions)
+        self._seen_queries, self._seen_hits = snapshot.prefix_queries, snapshot.prefix_hits
+        self._seen_preemptions = snapshot.num_preemptions
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
