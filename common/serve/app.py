@@ -18,6 +18,7 @@ import asyncio
 import importlib.util
 import logging
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -133,6 +134,7 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
         return JSONResponse(error_body(f"internal error: {type(exc).__name__}", "server_error"), status_code=500)
 
     async def handle(request: Request, kind: str) -> Response:
+        received = time.perf_counter()                  # the request's arrival for TTFT / e2e (as vLLM)
         require_json(request)
         raw = await read_body(request, max_body_bytes)
         req, ids, params = await asyncio.to_thread(impl.validate_request, raw, kind, limits)
@@ -141,7 +143,7 @@ def create_app(engine: AsyncEngine, model_name: str, max_queue: int = 512, impl:
                            status=429, type="rate_limit_exceeded", code="rate_limit_exceeded",
                            headers={"Retry-After": str(RETRY_AFTER_S)})
         try:
-            stream = await engine.submit(ids, params)
+            stream = await engine.submit(ids, params, arrival=received)
         except ValueError as e:                         # refused by LLM.add_request (e.g. KV pool too small)
             raise APIError(str(e)) from None
         except EngineDead as e:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 from typing import Callable
 
 from ..engine import LLM, SamplingParams
@@ -42,8 +43,9 @@ class RequestStream:
         self.num_generated = 0
         self._released = False
 
-    def _release(self) -> None:
-        """Leave the engine's in-flight count once (finished, failed or aborted)."""
+    def release(self) -> None:
+        """Leave the engine's in-flight count once (finished in the engine, failed or aborted), so
+        --max-queue counts the work the engine still has, not clients slow to read their streams."""
         if not self._released:
             self._released = True
             self.engine.num_inflight -= 1
@@ -61,14 +63,14 @@ class RequestStream:
         item = await self.queue.get()
         if isinstance(item, BaseException):
             self.finished = set(range(self.n))
-            self._release()
+            self.release()
             raise item
         for ev in item:
             self.num_generated += len(ev.token_ids)
             if ev.finish_reason is not None:
                 self.finished.add(ev.index)
         if self.done:
-            self._release()
+            self.release()
         return item
 
     def abort(self) -> None:
@@ -77,7 +79,7 @@ class RequestStream:
             self.engine.abort(self.request_id)
             self.finished = set(range(self.n))
             self.queue.put_nowait(ClientGone(self.request_id))
-        self._release()
+        self.release()
 
     async def __aenter__(self) -> "RequestStream":
         return self
@@ -152,15 +154,19 @@ class AsyncEngine:
         await asyncio.to_thread(self.core.join, timeout_s)
 
     # ---- requests ---------------------------------------------------------------------------
-    async def submit(self, prompt_ids: list[int], params: SamplingParams) -> RequestStream:
-        """Queue a request; returns once the engine accepted it (ValueError if it refused)."""
+    async def submit(self, prompt_ids: list[int], params: SamplingParams,
+                     arrival: float | None = None) -> RequestStream:
+        """Queue a request; returns once the engine accepted it (ValueError if it refused). `arrival`
+        (time.perf_counter(), one clock for all processes on Linux) is when the server received it: TTFT,
+        queue time and e2e latency count from there, as vLLM's do (default: now)."""
         if not self.alive:
             raise EngineDead("the engine is not running")
         stream = RequestStream(self, f"req-{next(self._ids)}", params.n, len(prompt_ids))
         accepted = self._loop.create_future()
         self._pending[stream.request_id] = (accepted, stream)
         self.num_inflight += 1
-        self.core.send(("add", stream.request_id, prompt_ids, params))
+        arrival = time.perf_counter() if arrival is None else arrival
+        self.core.send(("add", stream.request_id, prompt_ids, params, arrival))
         try:
             await accepted
         except BaseException:
@@ -218,8 +224,9 @@ class AsyncEngine:
                 continue
             entry[0].queue.put_nowait(events)
             entry[1] -= len(finished)
-            if entry[1] <= 0:
-                del self._streams[request_id]
+            if entry[1] <= 0:                           # its engine work is over: it leaves the queue
+                del self._streams[request_id]           # even if its client has not read the events yet
+                entry[0].release()
         if self.metrics:
             for _, num in aborted:
                 self.metrics.on_abort(num)

@@ -7,7 +7,8 @@ The loop does not know where it runs. `AsyncEngine` runs it in a thread of the s
 default, as vLLM V1's EngineCore): it only needs `poll(timeout)` for commands and `emit(message)`.
 Everything it emits is plain picklable data, never a `Sequence` or a tensor.
 
-Commands (API side -> loop):  ("add", request_id, prompt_ids, SamplingParams) | ("abort", request_id) | ("stop",)
+Commands (API side -> loop):
+  ("add", request_id, prompt_ids, SamplingParams, arrival) | ("abort", request_id) | ("stop",)
 Messages (loop -> API side):
   ("accepted", request_id, None | (error_type, message))   an add was applied or refused
   ("step", [(request_id, [TokenEvent, ...]), ...], [(request_id, aborted completions), ...], Snapshot)
@@ -140,12 +141,12 @@ class EngineLoop:
                 raise ValueError(f"unknown engine command {kind!r}")
         return bool(commands)
 
-    def _add(self, request_id: str, prompt_ids: list[int], params) -> None:
+    def _add(self, request_id: str, prompt_ids: list[int], params, arrival: float) -> None:
         if self.stopping:
             self.emit(("accepted", request_id, ("EngineDead", "the server is shutting down")))
             return
         try:
-            self.llm.add_request(prompt_ids, params, request_id=request_id)
+            self.llm.add_request(prompt_ids, params, request_id=request_id, arrival=arrival)
         except ValueError as e:
             self.emit(("accepted", request_id, ("ValueError", str(e))))
             return
