@@ -41,7 +41,8 @@ def test_qwen2_and_falcon_params_agree_with_their_architectures():
     biases = qwen.layers * (qwen.heads + 2 * qwen.kv_heads) * qwen.head_dim
     assert qwen.params == pytest.approx(llama_params(qwen, tied=False) + biases, rel=5e-3)
     f = get_shape("falcon-7b")         # fused qkv (1 KV head), dense, GELU MLP of two matrices, LayerNorm with bias
-    per_layer = f.hidden * (f.heads + 2) * f.head_dim + f.hidden * f.hidden + 2 * f.hidden * f.intermediate + 2 * f.hidden
+    attention = f.hidden * (f.heads + 2) * f.head_dim + f.hidden * f.hidden
+    per_layer = attention + 2 * f.hidden * f.intermediate + 2 * f.hidden
     assert f.params == pytest.approx(f.layers * per_layer + f.vocab * f.hidden + 2 * f.hidden, rel=5e-3)
 
 
