@@ -65,7 +65,7 @@ MODULE_SECTIONS: dict[str, str | None] = {
     "common.engine.stats": "7.3", "common.engine.stop": "7.4.1",
     "common.errata": None, "common.fused": "11.7", "common.generate": "5.2", "common.gpu_specs": "3.7.8",
     "common.hardware": "3.2.4", "common.kv_cache": "5.4", "common.kv_math": "6.4", "common.layers": "6.1",
-    "common.llama": "6.1", "common.memory_calc": "3.3",
+    "common.llama": "6.1", "common.memory_calc": "3.3", "common.model_shapes": "3.3",
     "common.models": None, "common.models.__main__": None, "common.models.convert": None,
     "common.models.registry": None,
     "common.monitor": "3.4.3", "common.occupancy": "3.2.7",

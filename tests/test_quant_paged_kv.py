@@ -6,12 +6,17 @@ import torch
 from common.engine import LLM, SamplingParams
 from common.llama import LlamaConfig
 from common.models import load_config
-from common.paged import BlockManager, PagedKVStore, kv_bytes_per_token
+from common.kv_math import kv_bytes_per_token
+from common.paged import BlockManager, PagedKVStore
 from common.quant.kv_int8_paged import Int8PagedKVStore
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 CFG = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=8, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+
+
+def _bytes_per_token(cfg: LlamaConfig, dtype: torch.dtype) -> int:
+    return kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype.itemsize)
 
 
 def _random_kv(rng, n):
@@ -65,13 +70,13 @@ def test_bytes_per_token_about_half_of_bf16():
     for cfg in (CFG, load_config("smollm2-135m")):
         int8, bf16 = Int8PagedKVStore(cfg, 4, 8), PagedKVStore(cfg, 4, 8, torch.bfloat16)
         assert int8.nbytes == 4 * 8 * Int8PagedKVStore.bytes_per_token(cfg)
-        assert bf16.nbytes == 4 * 8 * kv_bytes_per_token(cfg, torch.bfloat16)
+        assert bf16.nbytes == 4 * 8 * _bytes_per_token(cfg, torch.bfloat16)
         d = cfg.head_dim
         assert int8.nbytes * 2 * d == bf16.nbytes * (d + 2)               # codes + one fp16 scale per head
     smol = load_config("smollm2-135m")
-    ratio = Int8PagedKVStore.bytes_per_token(smol) / kv_bytes_per_token(smol, torch.bfloat16)
+    ratio = Int8PagedKVStore.bytes_per_token(smol) / _bytes_per_token(smol, torch.bfloat16)
     assert ratio == 66 / 128                                              # 0.516 for head_dim 64
-    assert Int8PagedKVStore.bytes_per_token(smol) == 11880 and kv_bytes_per_token(smol, torch.bfloat16) == 23040
+    assert Int8PagedKVStore.bytes_per_token(smol) == 11880 and _bytes_per_token(smol, torch.bfloat16) == 23040
 
 
 def test_kv_cache_memory_holds_more_int8_blocks(tiny):
@@ -79,7 +84,7 @@ def test_kv_cache_memory_holds_more_int8_blocks(tiny):
     auto = LLM(tiny, kv_cache_memory=budget, block_size=8)
     int8 = LLM(tiny, kv_cache_memory=budget, block_size=8, kv_cache_dtype="int8")
     cfg = tiny.config
-    assert auto.num_blocks == budget // (8 * kv_bytes_per_token(cfg, torch.float32))
+    assert auto.num_blocks == budget // (8 * _bytes_per_token(cfg, torch.float32))
     assert int8.num_blocks == budget // (8 * Int8PagedKVStore.bytes_per_token(cfg))
     assert int8.num_blocks > 3.5 * auto.num_blocks                        # fp32 -> int8: 4D / (D + 2) = 3.56x
     assert int8.kv_store.nbytes <= budget

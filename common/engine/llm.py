@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..device import parse_dtype, pick_device, synchronize
 from ..fused import fuse_for_serving
 from ..llama import Llama
+from ..models import render_chat
 from ..paged import BlockManager, HeadMajorKVStore, PagedKVStore
 from ..quant.kv_int8_paged import Int8PagedKVStore
 from .config import EngineConfig
@@ -104,8 +105,7 @@ class LLM:
             prompt = prompt["prompt"]
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
             self._need_tokenizer("chat messages")
-            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            return text, self.tokenizer.encode(text, add_special_tokens=False)
+            return render_chat(self.tokenizer, prompt)
         if isinstance(prompt, str):
             self._need_tokenizer("text prompts")
             return prompt, self.tokenizer.encode(prompt)

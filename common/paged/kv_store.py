@@ -9,17 +9,8 @@ from typing import Iterable
 
 import torch
 
-from .. import kv_math
+from ..kv_math import kv_bytes_per_token
 from ..llama import LlamaConfig
-
-
-def kv_bytes_per_token(config: LlamaConfig, dtype: torch.dtype) -> int:
-    """K and V of every layer for one token.
-
-    定义于 第6章 §6.3.2
-    """
-    element = torch.empty((), dtype=dtype).element_size()
-    return kv_math.kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, element)
 
 
 class PagedKVStore:
@@ -53,7 +44,9 @@ class PagedKVStore:
     @staticmethod
     def num_blocks_for_memory(config: LlamaConfig, num_bytes: int, block_size: int, dtype: torch.dtype) -> int:
         """How many blocks fit in a KV budget of `num_bytes`."""
-        return int(num_bytes // (kv_bytes_per_token(config, dtype) * block_size))
+        per_token = kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
+                                       dtype.itemsize)
+        return int(num_bytes // (per_token * block_size))
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k/v [tokens, kv_heads, head_dim] at the given flat slots."""
