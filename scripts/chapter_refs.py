@@ -60,6 +60,7 @@ MODULE_SECTIONS: dict[str, str | None] = {
     "common.disagg.runs": "7.7.7", "common.disagg.transfer": "7.7.4", "common.disagg.workers": "7.7.4",
     "common.doctor": "2.4.2",
     "common.engine.config": "7.6", "common.engine.llm": "7.3", "common.engine.overlap": "7.4.4",
+    "common.engine.kv_stores": "7.6",
     "common.engine.reservation": "7.4.7", "common.engine.runner": "5.10", "common.engine.sampler": "5.2",
     "common.engine.sampling_params": "5.2", "common.engine.scheduler": "7.4.3", "common.engine.sequence": "7.4.1",
     "common.engine.stats": "7.3", "common.engine.stop": "7.4.1",
