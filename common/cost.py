@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .gpu_specs import GPUSpec
-from .memory_calc import ModelShape, decode_floor
+from .memory_calc import decode_floor
+from .model_shapes import ModelShape
 
 MILLION = 1e6
 

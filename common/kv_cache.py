@@ -30,9 +30,6 @@ class KVCache:
         """Bytes allocated (not bytes used: the gap is chapter 6's fragmentation)."""
         return self.k.nbytes + self.v.nbytes
 
-    def used_bytes(self) -> int:
-        return self.nbytes * self.seq_len // self.max_seq_len
-
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         start, new = self.seq_len, q.shape[-2]
         end = start + new

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .attention import sdpa
-from .kv_math import kv_bytes_per_token
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
 
 
@@ -66,11 +65,6 @@ class LlamaConfig:
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "LlamaConfig":
         return cls.from_dict(json.loads((Path(folder) / "config.json").read_text()))
-
-    @property
-    def kv_bytes_per_token(self) -> int:
-        """K and V for every layer, per token, at 2 bytes per value (bf16/fp16)."""
-        return kv_bytes_per_token(self.num_hidden_layers, self.num_key_value_heads, self.head_dim, 2)
 
 
 class AttentionCache(Protocol):

@@ -3,83 +3,15 @@ how many requests fit on a GPU, and the decode floor (bytes moved per step / ban
 
 The book's two slips are the reason these are functions and not prose: Llama-3-70B in fp16 is
 ~141 GB of weights (not 80 GB), and a decode step reads the KV cache of *every* layer.
+Model shapes come from `common.model_shapes` (one table for the whole repo).
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from . import kv_math
-from .llama import LlamaConfig
-
-ATTENTION_KINDS = ("mha", "gqa", "mqa", "mla")
-GIB = 1 << 30
-
-
-@dataclass(frozen=True)
-class ModelShape:
-    """What the memory formulas need to know about a decoder-only model.
-
-    定义于 第3章 §3.3
-    """
-    name: str
-    params: float                 # total parameters
-    layers: int
-    hidden: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-    attention: str = "gqa"        # mha | gqa | mqa | mla
-    kv_lora_rank: int = 0         # MLA: compressed latent size cached per layer
-    rope_dim: int = 0             # MLA: decoupled RoPE key size cached per layer
-
-    def __post_init__(self) -> None:
-        if self.attention not in ATTENTION_KINDS:
-            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {self.attention!r}")
-        if self.attention == "mla" and self.kv_lora_rank <= 0:
-            raise ValueError("MLA needs kv_lora_rank > 0")
-        if min(self.layers, self.hidden, self.heads, self.kv_heads, self.head_dim) <= 0 or self.params <= 0:
-            raise ValueError(f"{self.name}: sizes must be positive")
-
-    def with_attention(self, attention: str) -> "ModelShape":
-        """The same model with another attention variant (mha: kv_heads = heads, mqa: 1)."""
-        kv = {"mha": self.heads, "mqa": 1}.get(attention, self.kv_heads)
-        return replace(self, attention=attention, kv_heads=kv)
-
-    @classmethod
-    def from_config(cls, name: str, config: LlamaConfig, params: float | None = None) -> "ModelShape":
-        """From our Llama config; params counted from the shapes when not given."""
-        h, i, L = config.hidden_size, config.intermediate_size, config.num_hidden_layers
-        q, kv = config.num_attention_heads * config.head_dim, config.num_key_value_heads * config.head_dim
-        per_layer = h * (q + 2 * kv) + q * h + 3 * h * i + 2 * h
-        counted = L * per_layer + config.vocab_size * h * (1 if config.tie_word_embeddings else 2) + h
-        kind = "mha" if config.num_key_value_heads == config.num_attention_heads else (
-            "mqa" if config.num_key_value_heads == 1 else "gqa")
-        return cls(name, params or counted, L, h, config.num_attention_heads, config.num_key_value_heads,
-                   config.head_dim, i, config.vocab_size, kind)
-
-
-# Public configs (Hugging Face config.json of each model); params from the model cards.
-PRESETS: dict[str, ModelShape] = {m.name: m for m in [
-    ModelShape("llama-2-7b", 6.74e9, 32, 4096, 32, 32, 128, 11008, 32000, "mha"),
-    ModelShape("llama-3-8b", 8.03e9, 32, 4096, 32, 8, 128, 14336, 128256, "gqa"),
-    ModelShape("llama-3-70b", 70.6e9, 80, 8192, 64, 8, 128, 28672, 128256, "gqa"),
-    ModelShape("llama-3.1-405b", 405.9e9, 126, 16384, 128, 8, 128, 53248, 128256, "gqa"),
-    ModelShape("deepseek-v3", 671e9, 61, 7168, 128, 128, 128, 18432, 129280, "mla", kv_lora_rank=512, rope_dim=64),
-]}
-
-
-def get_model(name: str) -> ModelShape:
-    """A preset model shape by name, with the known names in the error.
-
-    定义于 第3章 §3.3
-    """
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(PRESETS)}") from None
+from .kv_math import GIB
+from .model_shapes import ModelShape
 
 
 def _check_bytes(value: float, what: str) -> None:
@@ -96,28 +28,6 @@ def weights_bytes(model: ModelShape, bytes_per_param: float = 2) -> float:
     return model.params * bytes_per_param
 
 
-def kv_values_per_token(model: ModelShape) -> int:
-    """Cached numbers per token, all layers: 2·L·kv_heads·head_dim (MLA: L·(latent + rope key)).
-
-    The formulas are common.kv_math's (chapter 5), at one byte per value.
-
-    定义于 第3章 §3.3
-    """
-    if model.attention == "mla":
-        return kv_math.mla_bytes_per_token(model.layers, model.kv_lora_rank, model.rope_dim, 1)
-    kv_heads = {"mha": model.heads, "mqa": 1}.get(model.attention, model.kv_heads)
-    return kv_math.kv_bytes_per_token(model.layers, kv_heads, model.head_dim, 1)
-
-
-def kv_bytes_per_token(model: ModelShape, bytes_per_value: float = 2) -> float:
-    """KV-cache bytes one token costs across all layers: 2 x layers x kv_heads x head_dim x bytes.
-
-    定义于 第3章 §3.3
-    """
-    _check_bytes(bytes_per_value, "bytes_per_value")
-    return kv_values_per_token(model) * bytes_per_value
-
-
 def kv_cache_bytes(model: ModelShape, tokens: int, batch: int = 1, bytes_per_value: float = 2) -> float:
     """KV cache of `batch` sequences of `tokens` tokens each.
 
@@ -125,7 +35,7 @@ def kv_cache_bytes(model: ModelShape, tokens: int, batch: int = 1, bytes_per_val
     """
     if tokens < 0 or batch < 0:
         raise ValueError(f"tokens and batch must be >= 0, got {tokens}, {batch}")
-    return batch * tokens * kv_bytes_per_token(model, bytes_per_value)
+    return batch * tokens * model.bytes_per_token(bytes_per_value)
 
 
 def activation_bytes(model: ModelShape, batch: int, seq: int, bytes_per_value: float = 2,

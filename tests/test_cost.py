@@ -3,7 +3,7 @@ import pytest
 from common.cost import (agent_task_cost, agent_task_tokens, decode_tokens_per_s, prompt_cost_usd,
                          usd_per_million_tokens)
 from common.gpu_specs import get_spec
-from common.memory_calc import get_model
+from common.model_shapes import get_shape
 
 
 def test_usd_per_million_tokens():
@@ -55,7 +55,7 @@ def test_prompt_cost():
 
 
 def test_decode_tokens_per_s_memory_then_compute_bound():
-    m, h100 = get_model("llama-3-8b"), get_spec("H100")
+    m, h100 = get_shape("llama-3-8b"), get_spec("H100")
     one = decode_tokens_per_s(m, h100, batch=1, context=0)
     # batch 1 reads all weights once: ~3.35e12 / 16e9 ~ 200 tok/s
     assert one == pytest.approx(h100.bandwidth / (2 * m.params), rel=0.02)

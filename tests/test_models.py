@@ -3,7 +3,8 @@ import sys
 
 import pytest
 
-from common.models import MODELS, chat_prompt_ids, get_spec, hf_model_dir, load_config, load_tokenizer
+from common.models import (MODELS, chat_prompt_ids, get_spec, hf_model_dir, load_config, load_tokenizer,
+                           render_chat)
 from common.models import registry
 from common.models.convert import ModelNotInstalledError, smollm2_gguf_path
 
@@ -67,3 +68,11 @@ def test_chat_template_formats_a_turn():
     ids = chat_prompt_ids("smollm2-135m", "Hi")
     text = load_tokenizer("smollm2-135m").decode(ids)
     assert text.startswith("<|im_start|>") and text.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_render_chat_keeps_the_system_turn_and_adds_no_second_bos():
+    tok = load_tokenizer("smollm2-135m")
+    text, ids = render_chat(tok, [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}])
+    assert text.startswith("<|im_start|>system\nBe brief.") and tok.decode(ids) == text
+    assert ids.count(ids[0]) == text.count("<|im_start|>")          # the template's special tokens, nothing added
+    assert chat_prompt_ids("smollm2-135m", "Hi", system="Be brief.") == ids

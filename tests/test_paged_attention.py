@@ -109,7 +109,7 @@ def test_head_major_store_matches_block_major(rng):
     blocks = torch.tensor([[5, 1, 3], [0, 2, 4]])
     for a, b in zip(plain.gather(1, blocks, torch.float32), head.gather(1, blocks, torch.float32)):
         assert torch.equal(a, b)
-    hk, hv = head.gather_head_major(1, head.head_rows(blocks, head.num_blocks))
+    hk, hv = head.gather_rows(1, head.block_rows(blocks))
     pk, pv = plain.gather(1, blocks, torch.float32)                      # [2, 3, 4, Hkv, D]
     assert torch.equal(hk.view(cfg.num_key_value_heads, 2, 12, -1), pk.flatten(1, 2).permute(2, 0, 1, 3))
     assert torch.equal(hv.view(cfg.num_key_value_heads, 2, 12, -1), pv.flatten(1, 2).permute(2, 0, 1, 3))

@@ -6,12 +6,17 @@ import torch
 from common.engine import LLM, SamplingParams
 from common.llama import LlamaConfig
 from common.models import load_config
-from common.paged import BlockManager, PagedKVStore, kv_bytes_per_token
-from common.quant.kv_int8_paged import Int8PagedKVStore
+from common.kv_math import kv_bytes_per_token
+from common.paged import BlockManager, HeadMajorKVStore
+from common.quant.kv_int8_paged import Int8HeadMajorKVStore
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 CFG = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=8, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+
+
+def _bytes_per_token(cfg: LlamaConfig, dtype: torch.dtype) -> int:
+    return kv_bytes_per_token(cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim, dtype.itemsize)
 
 
 def _random_kv(rng, n):
@@ -21,7 +26,7 @@ def _random_kv(rng, n):
 
 
 def test_write_gather_round_trip_within_half_a_step(rng):
-    store, m = Int8PagedKVStore(CFG, num_blocks=16, block_size=4), BlockManager(16, 4)
+    store, m = Int8HeadMajorKVStore(CFG, num_blocks=16, block_size=4), BlockManager(16, 4)
     for sid, n in (("a", 13), ("b", 7)):
         m.allocate(sid, list(range(n)))
         k, v = _random_kv(rng, n)
@@ -30,7 +35,7 @@ def test_write_gather_round_trip_within_half_a_step(rng):
         got_k, got_v = store.gather(1, table, torch.float32)
         slots = torch.tensor(m.slot_mapping(sid, 0, n))
         for x, got, scales in ((k, got_k, store.k_scale[1]), (v, got_v, store.v_scale[1])):
-            scale = scales.view(-1, 2)[slots].float()                      # [n, Hkv]
+            scale = scales.view(2, -1)[:, slots].T.float()                 # [n, Hkv] (scales are head-major)
             assert torch.allclose(scale, x.abs().amax(-1) / 127, rtol=1e-3)
             err = (got.flatten(0, 1)[:n] - x).abs()
             assert (err <= scale[..., None] / 2 * (1 + 1e-3)).all()
@@ -42,7 +47,7 @@ def test_write_gather_round_trip_within_half_a_step(rng):
 
 
 def test_copy_blocks_copies_codes_and_scales(rng):
-    store, m = Int8PagedKVStore(CFG, num_blocks=8, block_size=4), BlockManager(8, 4)
+    store, m = Int8HeadMajorKVStore(CFG, num_blocks=8, block_size=4), BlockManager(8, 4)
     m.allocate("a", list(range(6)))
     k, v = _random_kv(rng, 6)
     for layer in range(CFG.num_hidden_layers):
@@ -53,7 +58,7 @@ def test_copy_blocks_copies_codes_and_scales(rng):
     store.copy_blocks(copies)
     for src, dst in copies:
         for t in store.buffers():
-            assert torch.equal(t[dst], t[src])
+            assert torch.equal(t[:, dst], t[:, src])                        # [kv_heads, block, ...]
     for layer in range(CFG.num_hidden_layers):
         ka, va = store.gather(layer, torch.tensor(m.block_table("a")), torch.float32)
         kb, vb = store.gather(layer, torch.tensor(m.block_table("b")), torch.float32)
@@ -63,15 +68,15 @@ def test_copy_blocks_copies_codes_and_scales(rng):
 
 def test_bytes_per_token_about_half_of_bf16():
     for cfg in (CFG, load_config("smollm2-135m")):
-        int8, bf16 = Int8PagedKVStore(cfg, 4, 8), PagedKVStore(cfg, 4, 8, torch.bfloat16)
-        assert int8.nbytes == 4 * 8 * Int8PagedKVStore.bytes_per_token(cfg)
-        assert bf16.nbytes == 4 * 8 * kv_bytes_per_token(cfg, torch.bfloat16)
+        int8, bf16 = Int8HeadMajorKVStore(cfg, 4, 8, torch.bfloat16), HeadMajorKVStore(cfg, 4, 8, torch.bfloat16)
+        assert int8.nbytes == 4 * 8 * Int8HeadMajorKVStore.bytes_per_token(cfg)
+        assert bf16.nbytes == 4 * 8 * _bytes_per_token(cfg, torch.bfloat16)
         d = cfg.head_dim
         assert int8.nbytes * 2 * d == bf16.nbytes * (d + 2)               # codes + one fp16 scale per head
     smol = load_config("smollm2-135m")
-    ratio = Int8PagedKVStore.bytes_per_token(smol) / kv_bytes_per_token(smol, torch.bfloat16)
+    ratio = Int8HeadMajorKVStore.bytes_per_token(smol) / _bytes_per_token(smol, torch.bfloat16)
     assert ratio == 66 / 128                                              # 0.516 for head_dim 64
-    assert Int8PagedKVStore.bytes_per_token(smol) == 11880 and kv_bytes_per_token(smol, torch.bfloat16) == 23040
+    assert Int8HeadMajorKVStore.bytes_per_token(smol) == 11880 and _bytes_per_token(smol, torch.bfloat16) == 23040
 
 
 def test_kv_cache_memory_holds_more_int8_blocks(tiny):
@@ -79,11 +84,11 @@ def test_kv_cache_memory_holds_more_int8_blocks(tiny):
     auto = LLM(tiny, kv_cache_memory=budget, block_size=8)
     int8 = LLM(tiny, kv_cache_memory=budget, block_size=8, kv_cache_dtype="int8")
     cfg = tiny.config
-    assert auto.num_blocks == budget // (8 * kv_bytes_per_token(cfg, torch.float32))
-    assert int8.num_blocks == budget // (8 * Int8PagedKVStore.bytes_per_token(cfg))
+    assert auto.num_blocks == budget // (8 * _bytes_per_token(cfg, torch.float32))
+    assert int8.num_blocks == budget // (8 * Int8HeadMajorKVStore.bytes_per_token(cfg))
     assert int8.num_blocks > 3.5 * auto.num_blocks                        # fp32 -> int8: 4D / (D + 2) = 3.56x
     assert int8.kv_store.nbytes <= budget
-    assert isinstance(auto.kv_store, PagedKVStore) and not isinstance(auto.kv_store, Int8PagedKVStore)
+    assert type(auto.kv_store) is HeadMajorKVStore and type(int8.kv_store) is Int8HeadMajorKVStore
 
 
 def test_int8_engine_agrees_with_auto(tiny, rng):

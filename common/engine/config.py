@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
+from .kv_stores import KV_STORES
+
 SCHEDULING_POLICIES = ("fcfs", "priority", "sjf")
-KV_CACHE_DTYPES = ("auto", "int8")
+KV_CACHE_DTYPES = tuple(KV_STORES)     # the store table decides which kv_cache_dtype values exist
 
 
 def _flag(help: str, **argparse_kw: Any) -> dict:

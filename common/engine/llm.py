@@ -10,8 +10,9 @@ place engine defaults live. Each `step()` reads top to bottom:
   run_sampler()                penalties, sampling, raw logprobs
   scheduler.postprocess()      append tokens, check stops, finish and free
 Overlap scheduling (engine/overlap.py) calls the same pieces with one step of lookahead.
-K/V live in `common.paged.HeadMajorKVStore` (kv heads outermost, which decode attention gathers
-without a copy) or `common.quant.kv_int8_paged.Int8PagedKVStore` with kv_cache_dtype="int8".
+K/V live in the store `kv_cache_dtype` picks from `common.engine.kv_stores.KV_STORES`: head-major
+blocks (kv heads outermost, which decode attention gathers without a copy) in the model dtype, or
+their INT8 twin with kv_cache_dtype="int8".
 """
 from __future__ import annotations
 
@@ -25,9 +26,10 @@ from tqdm.auto import tqdm
 from ..device import parse_dtype, pick_device, synchronize
 from ..fused import fuse_for_serving
 from ..llama import Llama
-from ..paged import BlockManager, HeadMajorKVStore, PagedKVStore
-from ..quant.kv_int8_paged import Int8PagedKVStore
+from ..models import render_chat
+from ..paged import BlockManager
 from .config import EngineConfig
+from .kv_stores import kv_store_class
 from .overlap import OverlapLoop
 from .runner import ModelRunner
 from .sampler import SamplingBatch, run_sampler
@@ -68,19 +70,15 @@ class LLM:
         self.max_model_len = cfg.max_model_len or self.config.max_position_embeddings
         self.block_size = cfg.block_size
         self.async_scheduling = cfg.async_scheduling   # may be switched between generate() calls
-        int8 = cfg.kv_cache_dtype == "int8"
+        store_cls = kv_store_class(cfg.kv_cache_dtype)
         num_blocks = cfg.num_blocks
         if num_blocks is None:
-            store_cls = Int8PagedKVStore if int8 else PagedKVStore
             num_blocks = store_cls.num_blocks_for_memory(self.config, cfg.kv_cache_bytes(self.device),
                                                          cfg.block_size, self.dtype)
         if num_blocks < 1:
             raise ValueError(f"the KV cache must hold at least one block, got num_blocks={num_blocks}")
         self.block_manager = BlockManager(num_blocks, cfg.block_size, cfg.enable_prefix_caching)
-        if int8:
-            self.kv_store = Int8PagedKVStore(self.config, num_blocks, cfg.block_size, self.device)
-        else:
-            self.kv_store = HeadMajorKVStore(self.config, num_blocks, cfg.block_size, self.dtype, self.device)
+        self.kv_store = store_cls(self.config, num_blocks, cfg.block_size, self.dtype, self.device)
         self.eos_token_id = self.config.eos_token_id
         self.scheduler = Scheduler(self.block_manager, cfg,
                                    StopChecker(self.eos_token_id, self.max_model_len, self.tokenizer))
@@ -104,8 +102,7 @@ class LLM:
             prompt = prompt["prompt"]
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], dict):
             self._need_tokenizer("chat messages")
-            text = self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-            return text, self.tokenizer.encode(text, add_special_tokens=False)
+            return render_chat(self.tokenizer, prompt)
         if isinstance(prompt, str):
             self._need_tokenizer("text prompts")
             return prompt, self.tokenizer.encode(prompt)

@@ -11,8 +11,9 @@ attends per sequence:
 * prefill chunks: cached prefix + new tokens of each chunk, causal (a loop over the few
   prefills of the step).
 
-Everything that depends only on the batch (slots, block tables, masks) is built once per step,
-not once per layer.
+Everything that depends only on the batch (the store's write and gather indices, masks) is built
+once per step, not once per layer. The runner talks to any `KVStore` (common.paged.kv_store) the
+same way; which one (bf16 or INT8) is the engine's `kv_cache_dtype` choice.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import torch
 
 from ..attention import causal_mask, sdpa
 from ..llama import Llama
-from ..paged.kv_store import HeadMajorKVStore, PagedKVStore
+from ..paged.kv_store import KVStore
 from .sequence import Sequence
 
 
@@ -34,8 +35,7 @@ class PrefillChunk:
     """
     start: int                      # offset of the chunk in the flat batch
     length: int                     # new tokens
-    blocks: torch.Tensor            # block ids covering the context
-    rows: torch.Tensor | None       # the same blocks as head-major rows (HeadMajorKVStore only)
+    rows: torch.Tensor              # store.block_rows of the blocks covering the context
     context: int                    # cached prefix + new tokens
     mask: torch.Tensor              # [length, context] causal over the context
 
@@ -48,11 +48,9 @@ class BatchMetadata:
     """
     input_ids: torch.Tensor         # [1, T]
     positions: torch.Tensor         # [T]
-    slots: torch.Tensor             # [T] flat slot (block * block_size + offset) of each token
-    write_rows: torch.Tensor | None # slots as head-major rows (HeadMajorKVStore only)
+    slot_rows: torch.Tensor         # store.slot_rows of each token's slot (block * block_size + offset)
     num_decode: int
-    decode_tables: torch.Tensor     # [num_decode, max_blocks]
-    decode_rows: torch.Tensor | None
+    decode_rows: torch.Tensor       # store.block_rows of the decodes' padded tables [num_decode, max_blocks]
     decode_valid: torch.Tensor      # [num_decode, max_blocks * block_size], True = a real key
     prefills: list[PrefillChunk]
     sample_rows: torch.Tensor       # rows of the flat batch whose logits are sampled
@@ -62,55 +60,42 @@ class BatchMetadata:
 class PagedBatchAttention:
     """The cache object handed to `Llama.hidden_states`: stores new K/V, attends over the pages.
 
-    With a `HeadMajorKVStore` (the engine's default) pages are gathered straight into the
-    [kv_heads, batch, tokens, head_dim] layout the attention matmuls read; any other store (e.g.
-    the INT8 one, which dequantizes on read) goes through its `gather` and one transpose copy.
+    The store returns every batch's pages in the [kv_heads, batch, tokens, head_dim] layout the
+    attention matmuls read, in the model dtype (the INT8 store dequantizes while gathering).
 
     定义于 第5章 §5.10
     """
 
     seq_len = 0  # positions are always passed explicitly
 
-    def __init__(self, store: PagedKVStore) -> None:
+    def __init__(self, store: KVStore) -> None:
         self.store = store
-        self.head_major = isinstance(store, HeadMajorKVStore)
         self.meta: BatchMetadata | None = None
         self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def advance(self, num_tokens: int) -> None:
         pass
 
-    def _pages(self, layer: int, blocks: torch.Tensor, rows: torch.Tensor | None,
-               dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """K/V of `blocks` ([n] or [B, n]) as [kv_heads, (B,) n * block_size, head_dim]."""
-        if self.head_major:
-            out = None
-            if blocks.dim() == 2:   # decodes: the same gather size in every layer of the step
-                shape = (rows.numel(), self.store.block_size, self.store.config.head_dim)
-                if self._buffers is None or self._buffers[0].shape != shape:
-                    self._buffers = tuple(torch.empty(shape, dtype=self.store.k_cache[0].dtype,
-                                                      device=rows.device) for _ in range(2))
-                out = self._buffers
-            k, v = self.store.gather_head_major(layer, rows, out)
-            return k.view(k.shape[0], *blocks.shape[:-1], -1, k.shape[-1]), \
-                v.view(v.shape[0], *blocks.shape[:-1], -1, v.shape[-1])
-        k, v = self.store.gather(layer, blocks, dtype)          # [..., n, block_size, Hkv, D]
-        return (k.flatten(-4, -3).movedim(-2, 0), v.flatten(-4, -3).movedim(-2, 0))
+    def _decode_pages(self, layer: int, rows: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The decodes' K/V as [kv_heads, batch, max_blocks * block_size, head_dim], gathered into two
+        buffers reused by every layer of the step (the same gather size in each)."""
+        shape = (rows.numel(), self.store.block_size, self.store.config.head_dim)
+        if self._buffers is None or self._buffers[0].shape != shape:
+            self._buffers = tuple(torch.empty(shape, dtype=self.store.dtype, device=rows.device) for _ in range(2))
+        k, v = self.store.gather_rows(layer, rows, self._buffers)
+        return k.view(k.shape[0], batch, -1, k.shape[-1]), v.view(v.shape[0], batch, -1, v.shape[-1])
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
-        if self.head_major:
-            self.store.write_rows(layer_idx, meta.write_rows, k[0], v[0])
-        else:
-            self.store.write(layer_idx, meta.slots, k[0].transpose(0, 1), v[0].transpose(0, 1))
+        self.store.write_rows(layer_idx, meta.slot_rows, k[0], v[0])
         out = torch.empty_like(q)
         nd = meta.num_decode
         if nd:
-            keys, values = self._pages(layer_idx, meta.decode_tables, meta.decode_rows, q.dtype)
+            keys, values = self._decode_pages(layer_idx, meta.decode_rows, nd)
             out[0, :, :nd] = decode_attention(q[0, :, :nd], keys, values, meta.decode_valid)
         for chunk in meta.prefills:
             end = chunk.start + chunk.length
-            keys, values = self._pages(layer_idx, chunk.blocks, chunk.rows, q.dtype)
+            keys, values = self.store.gather_rows(layer_idx, chunk.rows)
             keys, values = keys[None, :, :chunk.context], values[None, :, :chunk.context]
             fresh = chunk.context == chunk.length   # no cached prefix: plain causal, SDPA's fast path
             out[:, :, chunk.start:end] = sdpa(q[:, :, chunk.start:end], keys, values,
@@ -141,7 +126,7 @@ class ModelRunner:
 
     定义于 第5章 §5.10
     """
-    def __init__(self, model: Llama, store: PagedKVStore, block_table_of) -> None:
+    def __init__(self, model: Llama, store: KVStore, block_table_of) -> None:
         """block_table_of(seq_id) -> list of block ids (the block manager's table)."""
         self.model = model
         self.device = model.device
@@ -150,12 +135,9 @@ class ModelRunner:
         self.block_table_of = block_table_of
         self.attention = PagedBatchAttention(store)
 
-    def _rows(self, ids: torch.Tensor, per_head: int) -> torch.Tensor | None:
-        return self.store.head_rows(ids, per_head) if self.attention.head_major else None
-
     def prepare(self, scheduled: list[tuple[Sequence, int]], num_decode: int) -> BatchMetadata:
         """Flatten the step's tokens and build every index the attention needs (once per step)."""
-        bs, dev, nblocks_total = self.block_size, self.device, self.store.num_blocks
+        bs, dev, store = self.block_size, self.device, self.store
         ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
@@ -176,18 +158,16 @@ class ModelRunner:
                 lengths.append(end)
             else:
                 blocks = torch.tensor(table[:(end + bs - 1) // bs], device=dev)
-                prefills.append(PrefillChunk(offset, n, blocks, self._rows(blocks, nblocks_total), end,
-                                             causal_mask(n, end, device=dev)))
+                prefills.append(PrefillChunk(offset, n, store.block_rows(blocks), end, causal_mask(n, end, device=dev)))
             if end == seq.num_tokens:
                 sample_rows.append(len(ids) - 1)
                 sample_seqs.append(seq)
         width = max((len(t) for t in tables), default=1)
         table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev).view(-1, width)
         valid = torch.arange(width * bs, device=dev)[None, :] < torch.tensor(lengths, device=dev).view(-1, 1)
-        slot_tensor = torch.tensor(slots, device=dev)
         return BatchMetadata(torch.tensor([ids], device=dev), torch.tensor(positions, device=dev),
-                             slot_tensor, self._rows(slot_tensor, nblocks_total * bs), num_decode,
-                             table_tensor, self._rows(table_tensor, nblocks_total), valid, prefills,
+                             store.slot_rows(torch.tensor(slots, device=dev)), num_decode,
+                             store.block_rows(table_tensor), valid, prefills,
                              torch.tensor(sample_rows, dtype=torch.long, device=dev), sample_seqs)
 
     @torch.inference_mode()

@@ -17,7 +17,7 @@ from .convert import ModelNotInstalledError
 from .registry import MODELS, get_spec, hf_model_dir, is_cached
 
 __all__ = ["MODELS", "ModelNotInstalledError", "chat_prompt_ids", "get_spec", "hf_model_dir", "is_cached",
-           "load_config", "load_hf_model", "load_model", "load_tokenizer"]
+           "load_config", "load_hf_model", "load_model", "load_tokenizer", "render_chat"]
 
 
 def load_config(name: str) -> LlamaConfig:
@@ -59,12 +59,21 @@ def load_hf_model(name: str, dtype: torch.dtype | str = torch.float32, device: s
     return model.to(pick_device(device)).eval()
 
 
+def render_chat(tokenizer, messages: list[dict]) -> tuple[str, list[int]]:
+    """Chat messages formatted by the tokenizer's chat template, ready for the assistant's reply: the text
+    and its token ids. The one place the repo applies a chat template (engine, server and chapters call it);
+    no special tokens are added on encoding because the template already wrote them.
+
+    本书无对应章节（工具）
+    """
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text, tokenizer.encode(text, add_special_tokens=False)
+
+
 def chat_prompt_ids(name: str, user_message: str, system: str | None = None) -> list[int]:
     """Token ids of a one-turn chat, formatted by the model's chat template, ready for the reply.
 
     本书无对应章节（工具）
     """
-    tokenizer = load_tokenizer(name)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user_message}]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return tokenizer.encode(text, add_special_tokens=False)
+    return render_chat(load_tokenizer(name), messages)[1]

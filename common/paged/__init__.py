@@ -5,12 +5,12 @@ Importing this package never imports triton: the Triton kernel lives in
 """
 from .block_allocator import BlockAllocator, NoFreeBlocksError
 from .block_manager import BlockManager, PrefixCacheStats
-from .kv_store import HeadMajorKVStore, PagedKVStore, kv_bytes_per_token
+from .kv_store import HeadMajorKVStore, KVStore, PagedKVStore
 from .paged_attention import gather_kv, paged_attention, paged_attention_reference, per_block_softmax_wrong
 from .block_hash import chain_hashes, hash_block
 from .prefix_cache import PrefixCache
 
 __all__ = ["BlockAllocator", "NoFreeBlocksError", "BlockManager", "PrefixCacheStats", "PagedKVStore",
-           "HeadMajorKVStore",
-           "kv_bytes_per_token", "paged_attention", "paged_attention_reference", "per_block_softmax_wrong",
+           "HeadMajorKVStore", "KVStore",
+           "paged_attention", "paged_attention_reference", "per_block_softmax_wrong",
            "gather_kv", "PrefixCache", "hash_block", "chain_hashes"]

@@ -1,29 +1,64 @@
-"""The physical paged KV memory: per layer, K and V of shape [num_blocks, block_size, kv_heads, head_dim].
+"""The physical paged KV memory, and `KVStore`: what the engine asks of it.
 
-Token t of a sequence lives at slot table[t // block_size] * block_size + t % block_size, so a
-flat view [num_blocks * block_size, kv_heads, head_dim] is written with one index_copy per layer.
+Token t of a sequence lives at slot table[t // block_size] * block_size + t % block_size.
+`PagedKVStore` keeps per layer K and V as [num_blocks, block_size, kv_heads, head_dim] (the picture of
+chapter 6), so a flat view [num_blocks * block_size, kv_heads, head_dim] is written with one index_copy
+per layer. `HeadMajorKVStore` keeps the same blocks as [kv_heads, num_blocks, block_size, head_dim],
+the layout decode attention reads; it and its INT8 twin (`common.quant.kv_int8_paged`) are the
+engine's stores, chosen by `kv_cache_dtype` from `common.engine.kv_stores.KV_STORES`.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Protocol
 
 import torch
 
-from .. import kv_math
+from ..kv_math import kv_bytes_per_token
 from ..llama import LlamaConfig
 
 
-def kv_bytes_per_token(config: LlamaConfig, dtype: torch.dtype) -> int:
-    """K and V of every layer for one token.
+class KVStore(Protocol):
+    """The paged KV store as the engine's runner uses it (one per `kv_cache_dtype`).
+
+    Indices are built once per step (`slot_rows`, `block_rows`) and reused by every layer;
+    `write_rows` stores the step's new K/V, `gather_rows` returns a batch's pages in `dtype` in the
+    [kv_heads, tokens, head_dim] layout the attention matmuls read. A store sizes itself:
+    `num_blocks_for_memory` divides a byte budget by its own `bytes_per_token` × block_size.
 
     定义于 第6章 §6.3.2
     """
-    element = torch.empty((), dtype=dtype).element_size()
-    return kv_math.kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, config.head_dim, element)
+    config: LlamaConfig
+    num_blocks: int
+    block_size: int
+    dtype: torch.dtype              # what gather_rows returns (the model dtype)
+
+    @classmethod
+    def bytes_per_token(cls, config: LlamaConfig, dtype: torch.dtype) -> int: ...
+
+    @classmethod
+    def num_blocks_for_memory(cls, config: LlamaConfig, num_bytes: int, block_size: int,
+                              dtype: torch.dtype) -> int: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+    def slot_rows(self, slots: torch.Tensor) -> torch.Tensor: ...
+
+    def block_rows(self, blocks: torch.Tensor) -> torch.Tensor: ...
+
+    def write_rows(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+    def gather_rows(self, layer: int, rows: torch.Tensor,
+                    out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def copy_blocks(self, pairs: Iterable[tuple[int, int]]) -> None: ...
 
 
 class PagedKVStore:
     """Per-layer K and V in fixed-size blocks, addressed through block tables.
+
+    The block-major layout the book draws, used by the chapter-6 notebooks, `PagedSeqCache` and
+    `paged_attention`. The engine does not use it: its stores (`KVStore`) are head-major.
 
     定义于 第6章 §6.3.2
     """
@@ -33,7 +68,7 @@ class PagedKVStore:
                  dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
         if num_blocks <= 0 or block_size <= 0:
             raise ValueError(f"num_blocks and block_size must be positive, got {num_blocks}, {block_size}")
-        self.config, self.num_blocks, self.block_size = config, num_blocks, block_size
+        self.config, self.num_blocks, self.block_size, self.dtype = config, num_blocks, block_size, dtype
         shape = self.cache_shape(config, num_blocks, block_size)
         self.k_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
         self.v_cache = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
@@ -50,10 +85,16 @@ class PagedKVStore:
     def nbytes(self) -> int:
         return sum(t.nbytes for t in self.buffers())
 
-    @staticmethod
-    def num_blocks_for_memory(config: LlamaConfig, num_bytes: int, block_size: int, dtype: torch.dtype) -> int:
-        """How many blocks fit in a KV budget of `num_bytes`."""
-        return int(num_bytes // (kv_bytes_per_token(config, dtype) * block_size))
+    @classmethod
+    def bytes_per_token(cls, config: LlamaConfig, dtype: torch.dtype) -> int:
+        """K and V of every layer for one token, as this store holds them."""
+        return kv_bytes_per_token(config.num_hidden_layers, config.num_key_value_heads, config.head_dim,
+                                  dtype.itemsize)
+
+    @classmethod
+    def num_blocks_for_memory(cls, config: LlamaConfig, num_bytes: int, block_size: int, dtype: torch.dtype) -> int:
+        """How many blocks fit in a KV budget of `num_bytes` (by this store's own bytes_per_token)."""
+        return int(num_bytes // (cls.bytes_per_token(config, dtype) * block_size))
 
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k/v [tokens, kv_heads, head_dim] at the given flat slots."""
@@ -89,7 +130,7 @@ class PagedKVStore:
 
 
 class HeadMajorKVStore(PagedKVStore):
-    """The same blocks stored per layer as [kv_heads, num_blocks, block_size, head_dim].
+    """The same blocks stored per layer as [kv_heads, num_blocks, block_size, head_dim]: the engine's store.
 
     Why: decode attention reads, for every (kv head, sequence), the sequence's pages as one
     [tokens, head_dim] matrix. With heads outermost, one `index_select` over rows
@@ -98,6 +139,7 @@ class HeadMajorKVStore(PagedKVStore):
     3x faster decode attention on CPU than gathering [block, offset, head, dim] pages; measured in
     the chapter 7 engine notebook). Block ids, slots and copy-on-write work exactly as in the
     parent class; `gather` still returns the parent's layout for code that expects it.
+    Implements `KVStore` for kv_cache_dtype="auto" (K/V in the model dtype).
 
     定义于 第6章 §6.3.2
     """
@@ -113,23 +155,30 @@ class HeadMajorKVStore(PagedKVStore):
         heads = torch.arange(self.config.num_key_value_heads, device=slots_or_blocks.device)
         return (heads[:, None] * per_head + slots_or_blocks.reshape(1, -1)).reshape(-1)
 
+    def slot_rows(self, slots: torch.Tensor) -> torch.Tensor:
+        """Where `write_rows` puts tokens at `slots` [T]: rows of the [kv_heads * slots, head_dim] view."""
+        return self.head_rows(slots, self.num_blocks * self.block_size)
+
+    def block_rows(self, blocks: torch.Tensor) -> torch.Tensor:
+        """What `gather_rows` reads for `blocks` (any shape): rows of the [kv_heads * blocks, block_size, D] view."""
+        return self.head_rows(blocks, self.num_blocks)
+
     def write(self, layer: int, slot_mapping: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k/v [tokens, kv_heads, head_dim] at the given flat slots."""
         slots = self.check_write(layer, slot_mapping, k, v)
-        self.write_rows(layer, self.head_rows(slots, self.num_blocks * self.block_size),
-                        k.transpose(0, 1), v.transpose(0, 1))
+        self.write_rows(layer, self.slot_rows(slots), k.transpose(0, 1), v.transpose(0, 1))
 
     def write_rows(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Unchecked write of k/v [kv_heads, tokens, head_dim] at precomputed `head_rows` (the hot path)."""
+        """Unchecked write of k/v [kv_heads, tokens, head_dim] at precomputed `slot_rows` (the hot path)."""
         dim = self.config.head_dim
         for cache, x in ((self.k_cache[layer], k), (self.v_cache[layer], v)):
             cache.view(-1, dim).index_copy_(0, rows, x.reshape(-1, dim).to(cache.dtype))
 
-    def gather_head_major(self, layer: int, rows: torch.Tensor,
-                          out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """K and V pages at precomputed `head_rows(blocks, num_blocks)`, as [kv_heads, rows/heads * block_size, D].
-        `out`: two reusable [rows, block_size, D] buffers (every layer of a step gathers the same
-        amount; reusing them spares a fresh multi-MB allocation per layer)."""
+    def gather_rows(self, layer: int, rows: torch.Tensor,
+                    out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """K and V pages at precomputed `block_rows(blocks)`, as [kv_heads, rows/heads * block_size, D] in `dtype`.
+        `out`: two reusable [rows, block_size, D] buffers of `dtype` (every layer of a step gathers the
+        same amount; reusing them spares a fresh multi-MB allocation per layer)."""
         heads, dim = self.config.num_key_value_heads, self.config.head_dim
         caches = (self.k_cache[layer], self.v_cache[layer])
         if out is None:

@@ -71,20 +71,3 @@ def prepare_qat(model: nn.Module, bits: int = 4, granularity: Granularity = 32) 
     for name, linear in list(iter_linears(model)):
         replace_module(model, name, FakeQuantLinear(linear, bits, granularity))
     return model
-
-
-def freeze_qat(model: nn.Module) -> nn.Module:
-    """Bake the trained fake-quant weights back into plain nn.Linear holding w̃ (what an INT kernel would see).
-
-    定义于 第8章 §8.7.1
-    """
-    for name, module in list(model.named_modules()):
-        if isinstance(module, FakeQuantLinear):
-            lin = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                            device=module.weight.device, dtype=module.weight.dtype)
-            with torch.no_grad():
-                lin.weight.copy_(quant_dequant(module.weight, module.bits, True, module.granularity))
-                if module.bias is not None:
-                    lin.bias.copy_(module.bias)
-            replace_module(model, name, lin)
-    return model

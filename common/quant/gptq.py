@@ -27,28 +27,6 @@ def hessian(x: torch.Tensor) -> torch.Tensor:
     return (2.0 / x.shape[0]) * x.T @ x
 
 
-class HessianAccumulator:
-    """Running H over calibration batches: H_n = (2/n) Σ xᵢxᵢᵀ, updated without storing inputs.
-
-    定义于 第8章 §8.2.1
-    """
-
-    def __init__(self, dim: int) -> None:
-        self.sum = torch.zeros(dim, dim, dtype=torch.float64)
-        self.count = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.reshape(-1, x.shape[-1]).double()
-        self.sum += x.T @ x
-        self.count += x.shape[0]
-
-    @property
-    def H(self) -> torch.Tensor:
-        if self.count == 0:
-            raise ValueError("no calibration inputs were added")
-        return 2.0 * self.sum / self.count
-
-
 def inverse_hessian_cholesky(H: torch.Tensor, damp: float = 0.01) -> tuple[torch.Tensor, torch.Tensor]:
     """Upper Cholesky factor U of (H + λI)⁻¹ with λ = damp · mean(diag H); also the dead-column mask.
 

@@ -15,6 +15,7 @@ import torch
 
 from ..attention import causal_mask, sdpa
 from ..kv_cache import KVCache
+from ..kv_math import kv_bytes_per_token
 from ..llama import ContextLengthError, LlamaConfig
 
 
@@ -53,8 +54,9 @@ class Int8KVCache(KVCache):
 
     @staticmethod
     def bytes_per_token(config: LlamaConfig) -> int:
-        """K and V codes plus their fp16 scales, all layers, one token."""
-        return 2 * config.num_hidden_layers * config.num_key_value_heads * (config.head_dim + 2)
+        """K and V codes (1 byte per value) plus their scales (one fp16 per token and head), all layers, one token."""
+        layers, heads = config.num_hidden_layers, config.num_key_value_heads
+        return kv_bytes_per_token(layers, heads, config.head_dim, 1) + kv_bytes_per_token(layers, heads, 1, 2)
 
     @property
     def nbytes(self) -> int:

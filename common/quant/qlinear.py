@@ -116,17 +116,6 @@ def quantize_model(model: nn.Module, make: Callable[[str, nn.Linear], nn.Module]
     return model
 
 
-def module_weight_bytes(module: nn.Module) -> int:
-    """Bytes of a module's own weights as stored, so quantized sizes are compared fairly.
-
-    定义于 第8章 §8.3
-    """
-    if hasattr(module, "weight_bytes"):
-        return int(module.weight_bytes)
-    return sum(p.nbytes for p in module.parameters(recurse=False)) + sum(
-        b.nbytes for b in module.buffers(recurse=False) if b is not None)
-
-
 def model_weight_bytes(model: nn.Module) -> int:
     """Bytes of all weights, counting a tied embedding/LM head once and quantized layers at their packed size.
 

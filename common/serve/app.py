@@ -29,6 +29,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..models import render_chat
 from . import sse, validation
 from .detokenize import StreamingDetokenizer
 from .async_engine import AsyncEngine, ClientGone, EngineDead
@@ -84,8 +85,7 @@ def make_limits(engine: AsyncEngine, model_name: str) -> Limits:
     tok.encode("warm up", add_special_tokens=False)
 
     def chat_ids(messages: list[dict]) -> list[int]:
-        text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return tok.encode(text, add_special_tokens=False)
+        return render_chat(tok, messages)[1]
 
     return Limits(model_name, engine.max_model_len, engine.vocab_size, tok.encode, chat_ids)
 

@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from common import memory_calc
+from common.model_shapes import ModelShape
 from common.roofline import MatmulShape, place
 from common.triton_kernels import rmsnorm
 
 __all__ = ["weights_bytes", "kv_cache_bytes", "decode_floor_seconds", "roofline_place", "rmsnorm"]
 
 
-def _shape(params: float, layers: int, kv_heads: int, head_dim: int) -> memory_calc.ModelShape:
+def _shape(params: float, layers: int, kv_heads: int, head_dim: int) -> ModelShape:
     # Only the fields the KV/weights formulas read matter; heads = kv_heads keeps it valid.
-    return memory_calc.ModelShape("lab", params, layers, 1, kv_heads, kv_heads, head_dim, 1, 1, "gqa")
+    return ModelShape("lab", params, layers, 1, kv_heads, kv_heads, head_dim, 1, 1)
 
 
 def weights_bytes(params, bytes_per_param=2):
