@@ -11,7 +11,8 @@ NOTEBOOKS = $(shell find chapters -name '*.ipynb' -not -path '*/.ipynb_checkpoin
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt requirements-gpu.txt requirements-sglang-gpu.txt requirements-common.txt requirements-nodeps.txt pyproject.toml scripts/setup.sh
+$(STAMP): requirements.txt requirements-gpu.txt requirements-sglang-gpu.txt requirements-common.txt requirements-nodeps.txt pyproject.toml scripts/setup.sh \
+          requirements-llmcompressor.txt scripts/setup_llmcompressor.sh
 	@$(STAGE) setup scripts/setup.sh
 	@touch $@
 

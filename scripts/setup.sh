@@ -61,6 +61,8 @@ else
 fi
 $PIP install --no-deps -r requirements-nodeps.txt
 $PIP install --no-deps -e .
+# llm-compressor (exercise 8.2) pins transformers<=5.17 / compressed-tensors 0.19: its own venv over .venv's torch
+scripts/setup_llmcompressor.sh
 
 # SGLang's engine and server need CUDA and pins that contradict vllm's (see requirements-gpu.txt), so on a GPU
 # machine they get their own environment: run SGLang as a child process with $SGLANG_VENV/bin/python
