@@ -112,8 +112,7 @@ def server_routes() -> set[str]:
     from common.serve.app import create_app
 
     tok = SimpleNamespace(encode=lambda text, **kw: [], apply_chat_template=lambda *a, **kw: "")
-    llm = SimpleNamespace(tokenizer=tok, max_model_len=2048, config=SimpleNamespace(vocab_size=49152))
-    app = create_app(SimpleNamespace(llm=llm), "smollm2-135m")
+    app = create_app(SimpleNamespace(tokenizer=tok, max_model_len=2048, vocab_size=49152), "smollm2-135m")
     return {route.path for route in app.routes if isinstance(route, APIRoute)}
 
 
