@@ -54,23 +54,26 @@ class PrepackedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, **factory: Any) -> None:
         super().__init__(in_features, out_features, bias=bias, **factory)
         self.packed_weight: torch.Tensor | None = None
-        self.packed_version: int | None = None
-
-    def _weight_version(self) -> int | None:
-        # inference tensors keep no version counter (and cannot be edited outside inference mode)
-        return None if self.weight.is_inference() else self.weight._version
+        self.packed_from: tuple[torch.Tensor, int] | None = None   # (the weight, its version) the copy was made from
 
     @torch.no_grad()
     def prepack(self) -> None:
         """Build the oneDNN copy if the weight qualifies (`can_prepack`), else run F.linear."""
+        weight = self.weight
         # 64 is a batch-size hint only: oneDNN picks the blocked layout for this M, any M runs
-        self.packed_weight = (torch.ops.mkldnn._reorder_linear_weight(self.weight.detach(), 64)
-                              if can_prepack(self.weight) else None)
-        self.packed_version = self._weight_version()
+        self.packed_weight = (torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 64)
+                              if can_prepack(weight) else None)
+        # inference tensors keep no version counter (and cannot be edited outside inference mode)
+        self.packed_from = (weight, -1 if weight.is_inference() else weight._version)
+
+    def _packed_is_current(self) -> bool:
+        weight, version = self.packed_from
+        current = self._parameters["weight"]   # not self.weight: nn.Module.__getattr__ is slow on the hot path
+        return current is weight and (version == -1 or current._version == version)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed_weight is not None:
-            if self.packed_version != self._weight_version():   # weight edited in place since prepack
+            if not self._packed_is_current():   # weight replaced or edited in place since prepack
                 self.prepack()
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
@@ -82,7 +85,7 @@ class PrepackedLinear(nn.Linear):
         return out
 
     def __getstate__(self) -> dict:   # deepcopy / pickle: oneDNN's opaque tensor has no storage to copy
-        return {**super().__getstate__(), "packed_weight": None}
+        return {**super().__getstate__(), "packed_weight": None, "packed_from": None}
 
     def __setstate__(self, state: dict) -> None:
         super().__setstate__(state)

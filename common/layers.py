@@ -77,6 +77,7 @@ class SwiGLU(nn.Module):
     def __init__(self, hidden: int, intermediate: int, fused: bool = False) -> None:
         super().__init__()
         self.fused = fused
+        self.gate_up_sizes = [intermediate, intermediate]
         if fused:
             self.gate_up_proj = PrepackedLinear(hidden, 2 * intermediate)
             self.down_proj = PrepackedLinear(intermediate, hidden)
@@ -87,7 +88,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            gate, up = self.gate_up_proj(x).split(self.gate_up_sizes, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)
