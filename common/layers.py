@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fused import PrepackedLinear
+
 
 class RMSNorm(nn.Module):
     """x / rms(x) * weight. The statistics are taken in fp32 even for bf16 activations.
@@ -66,18 +68,27 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)): the gated MLP of Llama.
 
+    fused=True (the serving layout, common.fused) holds gate and up as one packed `gate_up_proj` (one
+    matmul, split after) and uses oneDNN-prepacked linears; the default is the teaching layout.
+
     定义于 第6章 §6.1
     """
 
-    def __init__(self, hidden: int, intermediate: int) -> None:
+    def __init__(self, hidden: int, intermediate: int, fused: bool = False) -> None:
         super().__init__()
-        self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.up_proj = nn.Linear(hidden, intermediate, bias=False)
-        self.down_proj = nn.Linear(intermediate, hidden, bias=False)
-        self.gate_up = self.down = None   # set by common.fused.fuse_for_serving
+        self.fused = fused
+        self.gate_up_sizes = [intermediate, intermediate]
+        if fused:
+            self.gate_up_proj = PrepackedLinear(hidden, 2 * intermediate)
+            self.down_proj = PrepackedLinear(intermediate, hidden)
+        else:
+            self.gate_proj = nn.Linear(hidden, intermediate, bias=False)
+            self.up_proj = nn.Linear(hidden, intermediate, bias=False)
+            self.down_proj = nn.Linear(intermediate, hidden, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.gate_up is not None:
-            gate, up = self.gate_up.split(x)
-            return self.down(F.silu(gate) * up)
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        if self.fused:
+            gate, up = self.gate_up_proj(x).split(self.gate_up_sizes, dim=-1)
+        else:
+            gate, up = self.gate_proj(x), self.up_proj(x)
+        return self.down_proj(F.silu(gate) * up)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from .attention import sdpa
+from .fused import PrepackedLinear, pack_state_dict, prepack_linears
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
 
 
@@ -85,26 +86,34 @@ class AttentionCache(Protocol):
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, using whatever KV cache the caller passes.
 
+    fused=True (the serving layout, common.fused) holds q, k and v as one packed `qkv_proj` (one matmul,
+    split after) and uses oneDNN-prepacked linears; the default is the teaching layout.
+
     定义于 第6章 §6.1
     """
-    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+    def __init__(self, config: LlamaConfig, layer_idx: int, fused: bool = False) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.num_kv_heads = config.num_key_value_heads
         self.head_dim = config.head_dim
-        hidden = config.hidden_size
-        self.q_proj = nn.Linear(hidden, self.num_heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(hidden, self.num_kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.num_heads * self.head_dim, hidden, bias=False)
-        self.qkv = self.out = None   # set by common.fused.fuse_for_serving
+        self.fused = fused
+        hidden, q_size, kv_size = config.hidden_size, self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if fused:
+            self.qkv_sizes = [q_size, kv_size, kv_size]
+            self.qkv_proj = PrepackedLinear(hidden, q_size + 2 * kv_size)
+            self.o_proj = PrepackedLinear(q_size, hidden)
+        else:
+            self.q_proj = nn.Linear(hidden, q_size, bias=False)
+            self.k_proj = nn.Linear(hidden, kv_size, bias=False)
+            self.v_proj = nn.Linear(hidden, kv_size, bias=False)
+            self.o_proj = nn.Linear(q_size, hidden, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: AttentionCache | None) -> torch.Tensor:
         batch, seq, _ = x.shape
-        if self.qkv is not None:   # serving-time fusion (common.fused)
-            q, k, v = self.qkv.split(x)
+        if self.fused:
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
@@ -112,7 +121,7 @@ class Attention(nn.Module):
         v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = sdpa(q, k, v, causal=True) if cache is None else cache.attend(self.layer_idx, q, k, v)
-        return (self.out or self.o_proj)(out.transpose(1, 2).reshape(batch, seq, -1))
+        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
 
 class DecoderLayer(nn.Module):
@@ -120,12 +129,12 @@ class DecoderLayer(nn.Module):
 
     定义于 第6章 §6.1
     """
-    def __init__(self, config: LlamaConfig, layer_idx: int) -> None:
+    def __init__(self, config: LlamaConfig, layer_idx: int, fused: bool = False) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = Attention(config, layer_idx, fused)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size)
+        self.mlp = SwiGLU(config.hidden_size, config.intermediate_size, fused)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: AttentionCache | None) -> torch.Tensor:
@@ -136,19 +145,24 @@ class DecoderLayer(nn.Module):
 class Llama(nn.Module):
     """The from-scratch Llama decoder; loads Hugging Face weights and matches transformers' logits.
 
+    fused=False (default): the teaching layout, one nn.Linear per checkpoint tensor (q_proj, k_proj, ...).
+    fused=True: the serving layout (common.fused): packed qkv_proj and gate_up_proj, every linear
+    oneDNN-prepacked on CPU bf16 once the weights are loaded. Same function, fewer and faster matmuls.
+
     定义于 第6章 §6.1
     """
-    def __init__(self, config: LlamaConfig) -> None:
+    def __init__(self, config: LlamaConfig, fused: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.fused = fused
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.layers = nn.ModuleList(DecoderLayer(config, i, fused) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        linear = PrepackedLinear if fused else nn.Linear
+        self.lm_head = linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
         self.rotary = RotaryEmbedding(config.head_dim, config.rope_theta)
-        self.head = None   # set by common.fused.fuse_for_serving
 
     @property
     def device(self) -> torch.device:
@@ -188,25 +202,26 @@ class Llama(nn.Module):
         return self.logits(h[:, -1:] if last_only else h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """The LM head (its fused/prepacked copy after common.fused.fuse_for_serving)."""
-        return (self.head or self.lm_head)(hidden)
+        """The LM head."""
+        return self.lm_head(hidden)
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
-                        device: str | torch.device = "cpu") -> "Llama":
-        """Load a Hugging Face folder (config.json + *.safetensors) into the from-scratch model."""
+                        device: str | torch.device = "cpu", fused: bool = False) -> "Llama":
+        """Load a Hugging Face folder (config.json + *.safetensors) into the from-scratch model.
+        fused=True: the serving layout (q/k/v and gate/up tensors packed on load, see common.fused)."""
         folder = Path(folder)
         config = LlamaConfig.from_pretrained(folder)
         with torch.device("meta"):
-            model = cls(config)
+            model = cls(config, fused=fused)
         state: dict[str, torch.Tensor] = {}
         for file in sorted(folder.glob("*.safetensors")):
             for name, tensor in load_file(file, device=str(device)).items():
                 state[name.removeprefix("model.")] = tensor.to(dtype)
         if config.tie_word_embeddings:
             state["lm_head.weight"] = state["embed_tokens.weight"]
-        model.load_state_dict(state, strict=True, assign=True)
+        model.load_state_dict(pack_state_dict(state) if fused else state, strict=True, assign=True)
         if config.tie_word_embeddings:
             model.lm_head.weight = model.embed_tokens.weight
         model.rotary = RotaryEmbedding(config.head_dim, config.rope_theta).to(device)
-        return model.eval()
+        return prepack_linears(model.eval()) if fused else model.eval()

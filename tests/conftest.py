@@ -28,7 +28,6 @@ def rng(rng_seed) -> torch.Generator:  # noqa: F811  (pytest injects the importe
 def tiny():
     """The random 3-layer `tiny` model (fp32, CPU), shared by the tests of one module.
 
-    Module scope on purpose, not session: `common.engine.LLM` fuses its model in place
-    (`common.fused.fuse_for_serving`), so every test module starts from a freshly loaded, unfused model.
-    Tests that change the model themselves load their own (`load_model("tiny")`)."""
+    Module scope, so every test module starts from a freshly loaded, unfused model (`common.engine.LLM` runs
+    a given model as it is; tests that change the model themselves, e.g. quantize it, load their own)."""
     return load_model("tiny", torch.float32)

@@ -97,25 +97,27 @@ def test_kernel_group_and_bad_input():
 
 @torch.inference_mode()
 def test_int4_model_in_engine_equals_greedy_generate():
-    """tiny (fp32), RTN INT4 g32: the unfused and fused INT4 models give the QuantLinear model's logits, and
-    the engine's greedy tokens equal plain greedy generate's on the fused INT4 model."""
+    """tiny (fp32), RTN INT4 g32: the INT4 models of both layouts (unfused; serving layout with packed qkv/gate-up)
+    give the QuantLinear model's logits, and the engine's greedy tokens equal plain greedy generate's on the
+    packed INT4 model, which the engine runs as given."""
     ql_model = quantize_model(load_model("tiny", torch.float32), bits=4, symmetric=False, granularity=32)
     ids = torch.randint(3, ql_model.config.vocab_size, (2, 24), generator=torch.Generator().manual_seed(0))
     ref_logits = ql_model(ids)
     unfused = int4pack_model(quantize_model(load_model("tiny", torch.float32), bits=4, symmetric=False,
                                             granularity=32))
-    fused = int4pack_model(quantize_model(load_model("tiny", torch.float32), bits=4, symmetric=False,
-                                          granularity=32), fuse=True)
+    fused = int4pack_model(quantize_model(load_model("tiny", torch.float32, fused=True), bits=4, symmetric=False,
+                                          granularity=32))
     assert sum(isinstance(m, Int4PackLinear) for m in unfused.modules()) == 7 * 3
     assert sum(isinstance(m, Int4PackLinear) for m in fused.modules()) == 4 * 3
-    assert decode_bytes_per_token(fused) < decode_bytes_per_token(unfused) + 1   # codes stored once
+    assert decode_bytes_per_token(fused) < decode_bytes_per_token(unfused) + 1   # no padding rows per part
     for m in (unfused, fused):
         torch.testing.assert_close(m(ids), ref_logits, rtol=0, atol=1e-4 * float(ref_logits.abs().max()))
     prompts = [ids[0, :n].tolist() for n in (5, 17)] + [ids[1].tolist()]
     expected = [greedy_generate(fused, p, 12) for p in prompts]
+    modules_before = repr(fused)
     llm = LLM(fused, dtype="float32", max_num_batched_tokens=32, kv_cache_memory=16 << 20)
-    assert llm.model is fused and fused.layers[0].self_attn.q_proj is None   # the engine did not re-fuse it
     outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=12, ignore_eos=True), use_tqdm=False)
+    assert llm.model is fused and repr(fused) == modules_before
     assert [o.outputs[0].token_ids for o in outs] == expected
 
 

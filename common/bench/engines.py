@@ -237,7 +237,7 @@ def run_common_int4(workload: Workload, model: str, dtype: str, engine_kwargs: d
     from ..quant.int4pack import decode_bytes_per_token, int4pack_model
 
     t0 = time.perf_counter()
-    int4 = int4pack_model(load_model(model, dtype), fuse=True, group_size=group_size)
+    int4 = int4pack_model(load_model(model, dtype, fused=True), group_size=group_size)
     quantize_s = time.perf_counter() - t0
     result = run_common(workload, int4, dtype, engine_kwargs, use_tqdm)
     result.update(engine="common-int4", quantize_s=quantize_s, decode_weight_bytes=decode_bytes_per_token(int4),

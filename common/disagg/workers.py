@@ -21,19 +21,15 @@ from .transfer import KVHeader, SharedKVPool
 
 
 def setup_worker(core: int | None, model_name: str, dtype: str, fuse: bool) -> Llama:
-    """One thread, one core, a freshly loaded model (fused like the engine's when `fuse`).
+    """One thread, one core, a freshly loaded model (the serving layout, as the engine loads it, when `fuse`).
 
     定义于 第7章 §7.7.4
     """
     torch.set_num_threads(1)
     if core is not None and hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {core})
-    from ..fused import fuse_for_serving
     from ..models import load_model
-    model = load_model(model_name, dtype, "cpu")
-    if fuse:
-        fuse_for_serving(model)
-    return model
+    return load_model(model_name, dtype, "cpu", fused=fuse)
 
 
 @torch.inference_mode()

@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from ..device import parse_dtype, pick_device, synchronize
-from ..fused import fuse_for_serving
 from ..llama import Llama
 from ..models import render_chat
 from ..paged import BlockManager
@@ -54,12 +53,12 @@ class LLM:
         name): `generate` schedules step t+1 while the model runs step t (common.engine.overlap);
         outputs are the same, `step()` itself stays serial."""
         cfg = self.engine_config = EngineConfig.build(config, **overrides)
-        if isinstance(model, Llama):
+        if isinstance(model, Llama):   # used as given, never modified (unfused, fused or quantized)
             self.model, self.model_name = model, None
-        else:
+        else:   # a registry name: the serving layout (packed QKV / gate-up, oneDNN-prepacked bf16; common.fused)
             from ..models import load_model
-            self.model, self.model_name = load_model(model, parse_dtype(cfg.dtype), cfg.device), model
-        fuse_for_serving(self.model)   # fused QKV / gate-up, oneDNN-prepacked on CPU bf16 (common.fused)
+            self.model = load_model(model, parse_dtype(cfg.dtype), cfg.device, fused=True)
+            self.model_name = model
         self.tokenizer = tokenizer
         if self.tokenizer is None and self.model_name is not None:
             from ..models import load_tokenizer

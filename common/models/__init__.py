@@ -2,7 +2,7 @@
 
     hf_model_dir(name)                      -> Path of the converted Hugging Face folder
     load_tokenizer(name)                    -> the model's tokenizer (with its chat template)
-    load_model(name, dtype, device)         -> the from-scratch `common.llama.Llama`
+    load_model(name, dtype, device, fused)  -> the from-scratch `common.llama.Llama`
     load_hf_model(name, dtype, device)      -> transformers' model, the reference
 """
 from __future__ import annotations
@@ -39,12 +39,14 @@ def load_tokenizer(name: str):
     return AutoTokenizer.from_pretrained(hf_model_dir(name))
 
 
-def load_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None) -> Llama:
-    """The from-scratch model with the registry's weights, in eval mode.
+def load_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None,
+               fused: bool = False) -> Llama:
+    """The from-scratch model with the registry's weights, in eval mode. fused=True: the serving layout
+    (packed QKV and gate/up, oneDNN-prepacked bf16 on CPU; common.fused), what `common.engine.LLM` loads.
 
     本书无对应章节（工具）
     """
-    return Llama.from_pretrained(hf_model_dir(name), parse_dtype(dtype), pick_device(device))
+    return Llama.from_pretrained(hf_model_dir(name), parse_dtype(dtype), pick_device(device), fused=fused)
 
 
 def load_hf_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None):

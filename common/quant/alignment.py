@@ -142,5 +142,5 @@ def fake_quantize_weights(model: torch.nn.Module, bits: int = 8, granularity: st
                 module.weight.copy_(quant_dequant(module.weight.float(), bits, True, granularity))
                 count += 1
     if count == 0:
-        raise ValueError(f"no nn.Linear named {wanted} in the model (already fused or quantized?)")
+        raise ValueError(f"no nn.Linear named {wanted} in the model (already quantized?)")
     return model

@@ -28,7 +28,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fused import FusedLinear
 from .qlinear import LINEAR_NAMES, QuantLinear, replace_module
 from .rtn import QuantizedTensor, quantize
 
@@ -70,7 +69,7 @@ class Int4PackLinear(nn.Module):
     """y = x · Ŵᵀ (+ bias) computed by torch's CPU int4 kernel straight from 4-bit codes.
 
     Several parts (e.g. q, k, v sharing one input) can be stacked into one kernel call; `split(x)` returns
-    the parts' outputs, like `common.fused.FusedLinear`.
+    the parts' outputs.
 
     定义于 第8章 §8.3
     """
@@ -169,38 +168,21 @@ def _to_int4pack(modules: list[nn.Module], group_size: int, dtype: torch.dtype) 
 
 
 @torch.no_grad()
-def int4pack_model(model: nn.Module, fuse: bool = False, group_size: int = 128) -> nn.Module:
+def int4pack_model(model: nn.Module, group_size: int = 128) -> nn.Module:
     """Swap every decoder projection of a `common.llama.Llama` for an `Int4PackLinear` (in place).
 
     A 4-bit `QuantLinear` (our RTN / GPTQ / AWQ result) keeps its exact codes, scales and zeros; a plain
     nn.Linear is first RTN-quantized (asymmetric, `group_size`). The kernel computes in the model's dtype.
-    fuse=True also does what `common.fused.fuse_for_serving` does for bf16 (the engine needs it: it fuses
-    every model it is given, and that code reads nn.Linear weights): q/k/v and gate/up become one kernel call
-    each, the separate projections are dropped (set to None, so the codes are stored once), the LM head gets
-    its prepacked copy, and `model.fused` is set so the engine leaves the model as it is.
+    On the serving layout (`load_model(name, fused=True)`, common.fused) the packed qkv_proj and gate_up_proj
+    become one kernel call each (groups run along K, so packing the rows changes no code or scale); the LM
+    head keeps its dtype (oneDNN-prepacked there).
 
     定义于 第8章 §8.3
     """
-    if getattr(model, "fused", False):
-        raise ValueError("the model is already fused for serving; convert the unfused model")
     dtype = model.dtype
-    if not fuse:
-        for name, module in list(model.named_modules()):
-            if name.rsplit(".", 1)[-1] in LINEAR_NAMES and isinstance(module, (nn.Linear, QuantLinear)):
-                replace_module(model, name, _to_int4pack([module], group_size, dtype))
-        return model
-    for layer in model.layers:
-        attn, mlp = layer.self_attn, layer.mlp
-        attn.qkv = _to_int4pack([attn.q_proj, attn.k_proj, attn.v_proj], group_size, dtype)
-        attn.out = _to_int4pack([attn.o_proj], group_size, dtype)
-        mlp.gate_up = _to_int4pack([mlp.gate_proj, mlp.up_proj], group_size, dtype)
-        mlp.down = _to_int4pack([mlp.down_proj], group_size, dtype)
-        for parent, names in ((attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
-                              (mlp, ("gate_proj", "up_proj", "down_proj"))):
-            for n in names:
-                setattr(parent, n, None)
-    model.head = FusedLinear(model.lm_head.weight)
-    model.fused = True
+    for name, module in list(model.named_modules()):
+        if name.rsplit(".", 1)[-1] in LINEAR_NAMES and isinstance(module, (nn.Linear, QuantLinear)):
+            replace_module(model, name, _to_int4pack([module], group_size, dtype))
     return model
 
 

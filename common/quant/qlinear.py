@@ -16,7 +16,9 @@ from torch import nn
 from .packing import pack_int4_uint8, unpack_int4_uint8
 from .rtn import Granularity, QuantizedTensor, dequantize, quantize
 
-LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# the decoder projections: the teaching layout's seven, and the serving layout's packed two (common.fused)
+LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj",
+                "gate_up_proj")
 
 
 class QuantLinear(nn.Module):
@@ -121,14 +123,17 @@ def model_weight_bytes(model: nn.Module) -> int:
 
     定义于 第8章 §8.3
     """
+    # what a checkpoint stores: parameters and persistent buffers; a non-persistent buffer (RoPE's inv_freq)
+    # is recomputed when the model is built, so it is not a weight
+    stored = {id(t) for t in model.state_dict(keep_vars=True).values()}
     seen: set[int] = set()
     total = 0
     for module in model.modules():
         if hasattr(module, "weight_bytes"):
             total += int(module.weight_bytes)
             continue
-        for t in list(module.parameters(recurse=False)) + [b for b in module.buffers(recurse=False) if b is not None]:
-            if t.data_ptr() in seen or (module.__class__.__name__ == "RotaryEmbedding"):
+        for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if id(t) not in stored or t.data_ptr() in seen:
                 continue
             seen.add(t.data_ptr())
             total += t.nbytes
