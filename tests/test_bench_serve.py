@@ -141,3 +141,22 @@ def test_prom_scrape_reads_vllm_counters():
         after = scrape(srv.base_url, ("prefix_cache_queries", "prefix_cache_hits", "no_such_metric"))
     assert before["missing"] == after["missing"] == ["no_such_metric"]
     assert delta(after, before)["prefix_cache_queries"] == 24 == srv.queries
+
+
+def test_cli_launch_runs_the_same_workload_on_each_server(tmp_path, capsys):
+    """`--launch common,common-thread`: both designs of our server start in turn on `tiny`, get the same
+    requests, and land in one JSON and one side-by-side table; a bad name is refused before anything starts."""
+    out = tmp_path / "launch.json"
+    assert bench_main(["serve", "--launch", "common,common-thread", "--model", "tiny", "--num-prompts", "3",
+                       "--request-rate", "inf", "--input-len", "4:8", "--output-len", "3", "--warmup", "0",
+                       "--json", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert list(data) == ["common", "common-thread"]
+    for name, report in data.items():
+        assert report["server"]["name"] == name and report["results"][0]["completed"] == 3
+        assert report["results"][0]["output_tokens"] == 9
+    printed = capsys.readouterr().out
+    assert "common vs common-thread at rate inf: TTFT p50" in printed
+    with pytest.raises(SystemExit):
+        bench_main(["serve", "--launch", "common,nope", "--model", "tiny"])
+    assert "unknown server(s) nope" in capsys.readouterr().err

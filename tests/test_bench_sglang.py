@@ -61,4 +61,4 @@ def test_serve_launch_sglang_cli_on_cpu(tmp_path):
                            "--json", str(out)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "sglang needs CUDA" in proc.stdout
-    assert json.loads(out.read_text())["server"]["unavailable"].startswith("needs CUDA")
+    assert json.loads(out.read_text())["sglang"]["server"]["unavailable"].startswith("needs CUDA")

@@ -1,6 +1,6 @@
 """python -m common.bench offline --engines common,hf,vllm --num-prompts 64 --input-len 64:256 \
     --output-len 64:256 --dtype bfloat16 --json out.json [--figure figures/bench_offline.png]
-python -m common.bench serve --base-url URL | --launch sglang --model M --num-prompts N --request-rate 1,2,4 \
+python -m common.bench serve --base-url URL | --launch common,vllm --model M --num-prompts N --request-rate 1,2,4 \
     --input-len 64:128 --output-len 32:64 [--slo-ttft-ms X --slo-tpot-ms Y] [--trace t.jsonl] --json out.json"""
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import argparse
 import sys
 
 from .offline import DEFAULT_FIGURE, ENGINES, run_offline
+from .serve_launch import LAUNCHABLE, launch_and_serve
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,8 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     off.add_argument("--no-fp32-check", action="store_true")
     srv = sub.add_parser("serve", help="online serving: streaming requests at Poisson request rates or a trace")
     srv.add_argument("--base-url", default=None, help="e.g. http://127.0.0.1:8000 (required without --launch)")
-    srv.add_argument("--launch", choices=["sglang"], default=None,
-                     help="start this peer's own server for the run (sglang: CUDA only; elsewhere a 'needs CUDA' row)")
+    srv.add_argument("--launch", default=None,
+                     help=f"comma list of servers to start in turn for the same workload ({','.join(LAUNCHABLE)}; "
+                          "sglang: CUDA only, elsewhere a 'needs CUDA' row); one table and one JSON for all")
     srv.add_argument("--model", required=True, help="served model name (also picks the vocabulary)")
     srv.add_argument("--num-prompts", type=int, default=32)
     srv.add_argument("--request-rate", default="1,2,4", help="req/s, comma list; inf = all at once")
@@ -49,14 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     srv.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.mode == "serve" and args.launch:
-        from .sglang_peer import serve_sglang
-
-        return serve_sglang(args, parser)
+        names = [n.strip() for n in args.launch.split(",") if n.strip()]
+        if args.base_url:
+            parser.error("--launch starts its own servers: leave out --base-url")
+        if unknown := [n for n in names if n not in LAUNCHABLE]:
+            parser.error(f"--launch: unknown server(s) {', '.join(unknown)}; choose from {', '.join(LAUNCHABLE)}")
+        launch_and_serve(names, args)
+        return 0
     if args.mode == "serve":
         from .serve import run_serve_from_args
 
         if not args.base_url:
-            parser.error("serve needs --base-url (or --launch sglang)")
+            parser.error("serve needs --base-url (or --launch common,vllm,...)")
         run_serve_from_args(args, args.base_url, args.model)
         return 0
     run_offline([e.strip() for e in args.engines.split(",") if e.strip()], args.num_prompts, args.input_len,

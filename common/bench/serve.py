@@ -292,7 +292,7 @@ def run_serve(base_url: str, model: str, request_rates: list[float] | str, *, nu
     return report
 
 
-def run_serve_from_args(args, base_url: str, model: str) -> dict:
+def run_serve_from_args(args, base_url: str, model: str, server: dict | None = None) -> dict:
     """`run_serve` with the workload flags of `python -m common.bench serve` (one place for both launch paths).
 
     定义于 第10章 §10.5.5
@@ -301,7 +301,7 @@ def run_serve_from_args(args, base_url: str, model: str) -> dict:
                      output_len=args.output_len, vocab_size=args.vocab_size, seed=args.seed, trace=args.trace,
                      slo_ttft_ms=args.slo_ttft_ms, slo_tpot_ms=args.slo_tpot_ms,
                      max_concurrency=args.max_concurrency, warmup=args.warmup, per_request=args.per_request,
-                     json_path=args.json)
+                     server=server, json_path=args.json)
 
 
 def print_table(report: dict) -> None:

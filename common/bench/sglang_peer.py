@@ -52,30 +52,3 @@ def run_sglang_peer(workload: Workload, model: str, dtype: str, b1_prompt: list[
     return {"engine": ENGINE, "version": raw.get("version"), "startup_s": raw.get("startup_s"),
             **summarize(workload, main["elapsed_s"]), "outputs": [r["token_ids"] for r in main["outputs"]],
             "decode_latency_ms_b1": b1}
-
-
-def serve_sglang(args, parser) -> int:
-    """`python -m common.bench serve --launch sglang ...`: start SGLang's server, run the serving benchmark
-    against it, stop it. Without CUDA: print the "needs CUDA" row (and write it to --json), exit 0.
-
-    定义于 第10章 §10.5.5
-    """
-    import json
-    from pathlib import Path
-
-    from ..peers.sglang_server import SGLangServer, unavailable_reason
-
-    if args.base_url:
-        parser.error("--launch starts its own server: leave out --base-url")
-    reason = unavailable_reason()
-    if reason:
-        row = unavailable_row(reason)
-        print(f"{ENGINE:>12s} {reason}")
-        if args.json:
-            Path(args.json).write_text(json.dumps({"server": row, "results": []}, indent=1))
-        return 0
-    from .serve import run_serve_from_args
-
-    with SGLangServer(args.model) as srv:
-        run_serve_from_args(args, srv.base_url, srv.served_model_name)
-    return 0
