@@ -30,7 +30,6 @@ import gc
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,9 +38,7 @@ from pathlib import Path
 import torch
 
 from ..models import load_config
-from ..paths import relative_to_repo
-from .process import log_file
-from .vllm_runner import CPU_BLOCK_MULTIPLE, DEFAULT_KV_SPACE_GIB, _failure, _kill_group, _metrics_snapshot
+from .vllm_runner import CPU_BLOCK_MULTIPLE, _metrics_snapshot, run_vllm_child
 
 CONNECTOR = "ExampleConnector"
 VLLM_LOCK = "/tmp/vllm.lock"  # shared with other vLLM starts on this machine: one engine at a time
@@ -243,39 +240,18 @@ def run_kv_connector(prompts: list[list[int]], control_prompt: list[int], max_to
                              "(it stores and looks up different prefixes otherwise)")
     if storage_dir is not None and any(Path(storage_dir).iterdir()):
         raise ValueError("storage_dir must be empty: the producer would load old KV instead of storing it")
-    env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KV_SPACE_GIB)
-    env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    log_path = log_file("vllm-kv-connector")
     lock = ["flock", VLLM_LOCK] if shutil.which("flock") else []
-    with tempfile.TemporaryDirectory() as tmp, open(log_path, "wb") as log:
+    with tempfile.TemporaryDirectory() as tmp:
         storage = Path(storage_dir) if storage_dir is not None else Path(tmp) / "kv"
         storage.mkdir(exist_ok=True)
         spec = {"prompts": prompts, "control_prompt": control_prompt, "max_tokens": max_tokens, "dtype": dtype,
                 "block_size": block_size, "model_name": model_name, "max_model_len": max_model_len,
                 "head_dim": load_config(model_name).head_dim, "storage": str(storage)}
-        spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
-        spec_file.write_text(json.dumps(spec))
         t0 = time.perf_counter()
-        proc = subprocess.Popen([*lock, sys.executable, "-m", "common.peers.vllm_kv_connector",
-                                 str(spec_file), str(out_file)],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return _failure(f"no result after {timeout_s:.0f} s (killed)", log_path)
-        except BaseException:
-            _kill_group(proc)
-            raise
-        if code != 0 or not out_file.exists():
-            _kill_group(proc)
-            return _failure(f"exit code {code}", log_path)
-        result = json.loads(out_file.read_text())
+        result = run_vllm_child("common.peers.vllm_kv_connector", spec, "vllm-kv-connector", timeout_s, lock)
+    if "error" not in result:
         result["wall_s"] = time.perf_counter() - t0  # includes waiting for the lock
-    result["log"] = relative_to_repo(log_path)
     return result
-
 
 if __name__ == "__main__":
     spec_path, out_path = Path(sys.argv[1]), Path(sys.argv[2])

@@ -116,15 +116,24 @@ def run_vllm(spec: dict, timeout_s: float = 1200) -> dict:
                          f"(got {block_size}); use block_size=32 for every engine in the comparison")
     if _has_cuda():
         spec = {**spec, "llm": {"gpu_memory_utilization": CUDA_PEER_MEMORY_FRACTION, **spec.get("llm", {})}}
+    return run_vllm_child("common.peers.vllm_runner", spec, "vllm-runner", timeout_s)
+
+
+def run_vllm_child(module: str, spec: dict, log_name: str, timeout_s: float, prefix: list[str] | None = None) -> dict:
+    """`python -m module SPEC OUT` in its own process group (prefixed by e.g. a `flock` command), its output
+    in a log file; returns the JSON it wrote plus "log", or a dict with "error" (timeout, non-zero exit).
+    vLLM's engine-core children die with the group on every failure.
+
+    定义于 第4章 §4.3
+    """
     env = dict(os.environ)
     env.setdefault("VLLM_CPU_KVCACHE_SPACE", DEFAULT_KV_SPACE_GIB)
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    log_path = log_file("vllm-runner")
+    log_path = log_file(log_name)
     with tempfile.TemporaryDirectory() as tmp, open(log_path, "wb") as log:
         spec_file, out_file = Path(tmp) / "spec.json", Path(tmp) / "out.json"
         spec_file.write_text(json.dumps(spec))
-        # own process group: on a timeout, vLLM's engine-core children are killed with it
-        proc = subprocess.Popen([sys.executable, "-m", "common.peers.vllm_runner", str(spec_file), str(out_file)],
+        proc = subprocess.Popen([*(prefix or []), sys.executable, "-m", module, str(spec_file), str(out_file)],
                                 env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             code = proc.wait(timeout=timeout_s)
