@@ -139,7 +139,7 @@ def run_hf_continuous(workload: Workload, model: str, dtype: str, timeout_s: flo
     return result
 
 
-@torch.inference_mode()
+@torch.no_grad()   # not inference_mode: generate_batch's worker thread updates tensors made here in place
 def _hf_continuous(workload: Workload, model: str, dtype: str) -> dict:
     """transformers' own continuous-batching API (`generate_batch`), where this version has one."""
     from transformers import GenerationConfig
