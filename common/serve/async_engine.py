@@ -119,6 +119,9 @@ class AsyncEngine:
         """`core`: an LLM (run by a ThreadCore here) or a started core. `on_crash(error)` runs on the event
         loop after the loop failed and every in-flight request got its error (the server uses it to exit);
         `fail_at_step=N` (with an LLM) makes the N-th step raise InjectedFault."""
+        if not isinstance(core, LLM) and (fail_at_step is not None or idle_wait_s != 0.5):
+            raise ValueError("fail_at_step and idle_wait_s configure the thread core built from an LLM; "
+                             "a ready core was configured when it was made")
         self.core = ThreadCore(core, fail_at_step, idle_wait_s) if isinstance(core, LLM) else core
         self.tokenizer, self.max_model_len, self.vocab_size = (self.core.tokenizer, self.core.max_model_len,
                                                                 self.core.vocab_size)

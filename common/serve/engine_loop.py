@@ -191,7 +191,7 @@ class EngineLoop:
         llm = self.llm
         cache = llm.block_manager.stats
         return Snapshot(len(llm.scheduler.running), len(llm.scheduler.waiting), llm.block_manager.usage,
-                        len(llm.stats), cache.queries, cache.hits, llm.scheduler.num_preemptions)
+                        self.num_steps, cache.queries, cache.hits, llm.scheduler.num_preemptions)
 
     def _abort_all(self) -> None:
         for rid in list(self._live):

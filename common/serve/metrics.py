@@ -79,20 +79,20 @@ class EngineMetrics:
         if n:
             self.generation_tokens.inc(n)
 
-    def on_finish(self, seq: "FinishedStats") -> None:
+    def on_finish(self, stats: "FinishedStats") -> None:
         """A completion ended normally (stop/length); aborted ones are counted by `on_abort`."""
-        self.success[seq.finish_reason if seq.finish_reason in self.success else "stop"].inc()
-        times = seq.token_times
+        self.success[stats.finish_reason if stats.finish_reason in self.success else "stop"].inc()
+        times = stats.token_times
         if times:
-            self.ttft.observe(times[0] - seq.arrival)
+            self.ttft.observe(times[0] - stats.arrival)
             for a, b in zip(times, times[1:]):
                 self.itl.observe(b - a)
             if len(times) > 1:
                 self.tpot.observe((times[-1] - times[0]) / (len(times) - 1))
-        if seq.first_scheduled is not None:
-            self.queue_time.observe(seq.first_scheduled - seq.arrival)
-        if seq.finished_time is not None:
-            self.e2e.observe(seq.finished_time - seq.arrival)
+        if stats.first_scheduled is not None:
+            self.queue_time.observe(stats.first_scheduled - stats.arrival)
+        if stats.finished_time is not None:
+            self.e2e.observe(stats.finished_time - stats.arrival)
 
     def on_abort(self, num_seqs: int) -> None:
         self.success["abort"].inc(num_seqs)
