@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from . import cpu_ops
 from .attention import sdpa
 from .fused import PrepackedLinear, pack_state_dict, prepack_linears
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
@@ -87,7 +88,8 @@ class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, using whatever KV cache the caller passes.
 
     fused=True (the serving layout, common.fused) holds q, k and v as one packed `qkv_proj` (one matmul,
-    split after) and uses oneDNN-prepacked linears; the default is the teaching layout.
+    split after) and uses oneDNN-prepacked linears, and on CPU bf16 rotates q and k in place with the fused
+    `rope_` kernel (common.cpu_ops); the default is the teaching layout.
 
     定义于 第6章 §6.1
     """
@@ -112,14 +114,20 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: AttentionCache | None) -> torch.Tensor:
         batch, seq, _ = x.shape
+        rotated = False
         if self.fused:
-            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
+            qkv = self.qkv_proj(x)
+            if cpu_ops.use_cpu_ops(qkv) and cos.dim() == 2:   # one position row shared by the batch
+                cpu_ops.rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads, self.head_dim)
+                rotated = True
+            q, k, v = qkv.split(self.qkv_sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
         k = k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
         v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if not rotated:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         out = sdpa(q, k, v, causal=True) if cache is None else cache.attend(self.layer_idx, q, k, v)
         return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
 
@@ -131,6 +139,7 @@ class DecoderLayer(nn.Module):
     """
     def __init__(self, config: LlamaConfig, layer_idx: int, fused: bool = False) -> None:
         super().__init__()
+        self.fused = fused
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = Attention(config, layer_idx, fused)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -138,6 +147,11 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: AttentionCache | None) -> torch.Tensor:
+        if self.fused and cpu_ops.use_cpu_ops(x):   # serving layout, CPU bf16: norms fused with the residual add
+            eps = self.input_layernorm.eps
+            attn = self.self_attn(cpu_ops.rms_norm(x, self.input_layernorm.weight, eps), cos, sin, cache)
+            x, h = cpu_ops.add_rms_norm(attn, x, self.post_attention_layernorm.weight, eps)
+            return x + self.mlp(h)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 

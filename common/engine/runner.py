@@ -6,8 +6,9 @@ prefill chunks. Attention is the only place sequences must stay apart; `PagedBat
 (the model's cache interface) writes each token's K/V into the paged store through its slot and
 attends per sequence:
 
-* decodes (first `num_decode` tokens): one batched gather of each sequence's blocks and two
-  batched matmuls with a length mask (`decode_attention`) — no Python loop over requests;
+* decodes (first `num_decode` tokens): the store's decode attention for the whole group (on CPU a C++
+  kernel reading the pages in place, else one batched gather and two matmuls, see
+  common.paged.decode_attention) — no Python loop over requests;
 * prefill chunks: cached prefix + new tokens of each chunk, causal (a loop over the few
   prefills of the step).
 
@@ -23,7 +24,7 @@ import torch
 
 from ..attention import causal_mask, sdpa
 from ..llama import Llama
-from ..paged.kv_store import KVStore
+from ..paged.kv_store import DecodeAttention, KVStore
 from .sequence import Sequence
 
 
@@ -50,8 +51,7 @@ class BatchMetadata:
     positions: torch.Tensor         # [T]
     slot_rows: torch.Tensor         # store.slot_rows of each token's slot (block * block_size + offset)
     num_decode: int
-    decode_rows: torch.Tensor       # store.block_rows of the decodes' padded tables [num_decode, max_blocks]
-    decode_valid: torch.Tensor      # [num_decode, max_blocks * block_size], True = a real key
+    decode: DecodeAttention | None  # the decodes' attention (store.plan_decode), None when the step has none
     prefills: list[PrefillChunk]
     sample_rows: torch.Tensor       # rows of the flat batch whose logits are sampled
     sample_seqs: list[Sequence]
@@ -60,8 +60,9 @@ class BatchMetadata:
 class PagedBatchAttention:
     """The cache object handed to `Llama.hidden_states`: stores new K/V, attends over the pages.
 
-    The store returns every batch's pages in the [kv_heads, batch, tokens, head_dim] layout the
-    attention matmuls read, in the model dtype (the INT8 store dequantizes while gathering).
+    Decodes go through the step's `meta.decode` (planned by the store); prefill chunks gather their
+    pages in the [kv_heads, tokens, head_dim] layout SDPA reads, in the model dtype (the INT8 store
+    dequantizes while gathering).
 
     定义于 第5章 §5.10
     """
@@ -71,19 +72,9 @@ class PagedBatchAttention:
     def __init__(self, store: KVStore) -> None:
         self.store = store
         self.meta: BatchMetadata | None = None
-        self._buffers: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def advance(self, num_tokens: int) -> None:
         pass
-
-    def _decode_pages(self, layer: int, rows: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The decodes' K/V as [kv_heads, batch, max_blocks * block_size, head_dim], gathered into two
-        buffers reused by every layer of the step (the same gather size in each)."""
-        shape = (rows.numel(), self.store.block_size, self.store.config.head_dim)
-        if self._buffers is None or self._buffers[0].shape != shape:
-            self._buffers = tuple(torch.empty(shape, dtype=self.store.dtype, device=rows.device) for _ in range(2))
-        k, v = self.store.gather_rows(layer, rows, self._buffers)
-        return k.view(k.shape[0], batch, -1, k.shape[-1]), v.view(v.shape[0], batch, -1, v.shape[-1])
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         meta = self.meta
@@ -91,8 +82,7 @@ class PagedBatchAttention:
         out = torch.empty_like(q)
         nd = meta.num_decode
         if nd:
-            keys, values = self._decode_pages(layer_idx, meta.decode_rows, nd)
-            out[0, :, :nd] = decode_attention(q[0, :, :nd], keys, values, meta.decode_valid)
+            out[0, :, :nd] = meta.decode(layer_idx, q[0, :, :nd])
         for chunk in meta.prefills:
             end = chunk.start + chunk.length
             keys, values = self.store.gather_rows(layer_idx, chunk.rows)
@@ -101,24 +91,6 @@ class PagedBatchAttention:
             out[:, :, chunk.start:end] = sdpa(q[:, :, chunk.start:end], keys, values,
                                               mask=None if fresh else chunk.mask, causal=fresh)
         return out
-
-
-def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """One query token per sequence over its gathered pages, as two batched matmuls.
-
-    q [Hq, B, D]; keys/values [Hkv, B, L, D] (L = padded pages); valid [B, L] (True = a real key).
-    Returns [Hq, B, D]. GQA groups share their K/V without repeating them, and K is read through a
-    transposed view, so nothing is copied between the gather and the matmuls. On CPU this is
-    several times faster than SDPA with a mask for a single query (chapter 7, notebook 7).
-
-    定义于 第5章 §5.10
-    """
-    hq, batch, dim = q.shape
-    hkv = keys.shape[0]
-    qg = q.view(hkv, hq // hkv, batch, dim).transpose(1, 2)                     # [Hkv, B, G, D]
-    scores = torch.matmul(qg, keys.transpose(-1, -2)).float().mul_(dim ** -0.5)  # [Hkv, B, G, L]
-    probs = scores.masked_fill_(~valid[None, :, None, :], float("-inf")).softmax(-1).to(values.dtype)
-    return torch.matmul(probs, values).transpose(1, 2).reshape(hq, batch, dim)
 
 
 class ModelRunner:
@@ -162,12 +134,9 @@ class ModelRunner:
             if end == seq.num_tokens:
                 sample_rows.append(len(ids) - 1)
                 sample_seqs.append(seq)
-        width = max((len(t) for t in tables), default=1)
-        table_tensor = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=dev).view(-1, width)
-        valid = torch.arange(width * bs, device=dev)[None, :] < torch.tensor(lengths, device=dev).view(-1, 1)
         return BatchMetadata(torch.tensor([ids], device=dev), torch.tensor(positions, device=dev),
                              store.slot_rows(torch.tensor(slots, device=dev)), num_decode,
-                             store.block_rows(table_tensor), valid, prefills,
+                             store.plan_decode(tables, lengths) if tables else None, prefills,
                              torch.tensor(sample_rows, dtype=torch.long, device=dev), sample_seqs)
 
     @torch.inference_mode()

@@ -1,0 +1,387 @@
+"""Decode attention over paged K/V, two ways: gather + two matmuls (any device), or one C++ loop (CPU).
+
+`decode_attention` is the portable path: the store first gathers every decode's pages into a contiguous
+buffer (`index_select`), then two batched matmuls run over it. K and V cross memory three times (read,
+write the copy, read the copy), plus the score tensor's masking and softmax passes, and at decode every
+one of those bytes is memory-bound. `paged_decode_attention` follows each sequence's block table and
+reads every K and V row once, straight from the head-major store, which is what vLLM's PagedAttention
+kernels (CUDA and CPU) do.
+
+One work item is one (kv head, sequence) pair, spread over threads with `at::parallel_for`: the G query
+heads of the GQA group share each K/V row read. For each item: scores = q·k for every cached token (fp32),
+softmax over them, then the weighted sum of the V rows. Math is fp32 whatever the storage dtype (bf16 or
+fp32), like the eager path's `.float()` scores.
+
+The kernel is built once per machine by `common.cpp_extension.load_cpu_extension` (tens of seconds; then
+cached) and registered as the custom op `torch.ops.llm_labs.paged_decode_attention`.
+`decode_kernel_available()` says whether this machine can use it (a CPU with a C++ compiler); elsewhere
+(CUDA, no compiler) the store uses gather + matmuls. Both are checked against SDPA in
+tests/test_paged_decode_attention.py.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from ..cpp_extension import cpu_extension_available, load_cpu_extension
+
+CPP_SOURCE = r"""
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+#ifdef __AVX512F__
+#include <immintrin.h>
+#endif
+
+// bf16 -> fp32 is a 16-bit shift: written out so the compiler vectorises the row conversion.
+static inline void load_row(const at::BFloat16* src, float* dst, int64_t n) {
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits = static_cast<uint32_t>(s[i]) << 16;
+    float f; std::memcpy(&f, &bits, 4); dst[i] = f;
+  }
+}
+static inline void load_row(const float* src, float* dst, int64_t n) { std::memcpy(dst, src, n * sizeof(float)); }
+
+static inline float dot(const float* a, const float* b, int64_t n) {
+#ifdef __AVX512F__
+  if (n % 16 == 0) {
+    __m512 s = _mm512_setzero_ps();
+    for (int64_t i = 0; i < n; i += 16) s = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), s);
+    return _mm512_reduce_add_ps(s);
+  }
+#endif
+  float s = 0.f;
+#pragma omp simd reduction(+ : s)
+  for (int64_t i = 0; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+// x[i] = exp(x[i] - shift) for i < n (x holds a multiple of 16 floats on the AVX-512 path); returns the sum.
+static inline float exp_shifted(float* x, int64_t n, float shift) {
+  float sum = 0.f;
+  int64_t i = 0;
+#ifdef __AVX512F__
+  // exp(y) = 2^k * 2^f with k = round(y / ln 2): a degree-6 polynomial for 2^f on [-0.5, 0.5] (rel. error ~1e-7)
+  const __m512 log2e = _mm512_set1_ps(1.4426950408889634f), lo = _mm512_set1_ps(-87.f), sh = _mm512_set1_ps(shift);
+  const float c[7] = {1.f, 0.6931471806f, 0.2402265070f, 0.0555041087f, 0.0096181291f, 0.0013333558f, 0.0001540353f};
+  for (; i + 16 <= n; i += 16) {
+    __m512 y = _mm512_mul_ps(_mm512_max_ps(_mm512_sub_ps(_mm512_loadu_ps(x + i), sh), lo), log2e);
+    __m512 k = _mm512_roundscale_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 f = _mm512_sub_ps(y, k), p = _mm512_set1_ps(c[6]);
+    for (int j = 5; j >= 0; --j) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[j]));
+    p = _mm512_scalef_ps(p, k);
+    _mm512_storeu_ps(x + i, p);
+    sum += _mm512_reduce_add_ps(p);
+  }
+#endif
+  for (; i < n; ++i) { x[i] = std::exp(x[i] - shift); sum += x[i]; }
+  return sum;
+}
+
+#if defined(__AVX512F__) && defined(__AVX512BF16__)
+#define LLM_LABS_BF16_D64 1
+// Sums of 16 vectors at once: r[j] = sum of s[j]'s 16 floats, by a shuffle tree (46 instructions instead of 16
+// separate horizontal reductions). Vectors past `n` must be zero.
+static inline __m512 hsum16(const __m512* s) {
+  __m512 u[8], w[4];
+  for (int j = 0; j < 8; ++j)    // lanes 0-1: partial sums of s[j]; lanes 2-3: of s[j + 8]
+    u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(s[j], s[j + 8], 0x44), _mm512_shuffle_f32x4(s[j], s[j + 8], 0xEE));
+  for (int j = 0; j < 4; ++j)    // lane 0: s[j], lane 1: s[j + 8], lane 2: s[j + 4], lane 3: s[j + 12]
+    w[j] = _mm512_add_ps(_mm512_shuffle_f32x4(u[j], u[j + 4], 0x88), _mm512_shuffle_f32x4(u[j], u[j + 4], 0xDD));
+  __m512 x0 = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
+  __m512 x1 = _mm512_add_ps(_mm512_unpacklo_ps(w[2], w[3]), _mm512_unpackhi_ps(w[2], w[3]));
+  __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x0), _mm512_castps_pd(x1))),
+                           _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x0), _mm512_castps_pd(x1))));
+  return _mm512_shuffle_f32x4(y, y, 0xD8);   // lanes (0, 2, 1, 3): r[0..3], r[4..7], r[8..11], r[12..15]
+}
+
+// One (kv head, sequence) item for bf16 pages with head_dim 64: q·k with the bf16 dot-product instruction
+// (exact products, fp32 sums), 16 tokens per reduction tree; p·v in fp32 with the accumulators in registers.
+static void item_bf16_d64(const at::BFloat16* q, int64_t q_stride, int64_t group, const at::BFloat16* k_head,
+                          const at::BFloat16* v_head, const int32_t* table, int64_t len, int64_t block_size,
+                          float scale, float* scores, int64_t padded, float* vbuf, at::BFloat16* out,
+                          int64_t out_stride) {
+  const __m512 vscale = _mm512_set1_ps(scale);
+  for (int64_t g = 0; g < group; ++g) {   // pass 1: scores
+    const __m512bh q0 = (__m512bh)_mm512_loadu_si512(q + g * q_stride);
+    const __m512bh q1 = (__m512bh)_mm512_loadu_si512(q + g * q_stride + 32);
+    for (int64_t t0 = 0; t0 < len; t0 += block_size) {
+      const at::BFloat16* block = k_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * 64;
+      const int64_t n_block = std::min(block_size, len - t0);
+      for (int64_t j0 = 0; j0 < n_block; j0 += 16) {
+        __m512 s[16];
+        const int64_t n = std::min<int64_t>(16, n_block - j0);
+        for (int64_t j = 0; j < 16; ++j) {
+          if (j < n) {
+            const at::BFloat16* row = block + (j0 + j) * 64;
+            s[j] = _mm512_dpbf16_ps(_mm512_dpbf16_ps(_mm512_setzero_ps(), q0, (__m512bh)_mm512_loadu_si512(row)),
+                                    q1, (__m512bh)_mm512_loadu_si512(row + 32));
+          } else {
+            s[j] = _mm512_setzero_ps();
+          }
+        }
+        _mm512_mask_storeu_ps(scores + g * padded + t0 + j0, (__mmask16)((1u << n) - 1),
+                              _mm512_mul_ps(hsum16(s), vscale));
+      }
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {  // softmax per query head (the padding past len adds exp(-inf) = 0)
+    float* sg = scores + g * padded;
+    std::fill(sg + len, sg + padded, -INFINITY);
+    const float mx = *std::max_element(sg, sg + len);
+    const float inv = 1.f / exp_shifted(sg, padded, mx);
+    for (int64_t t = 0; t < len; ++t) sg[t] *= inv;
+  }
+  __m512 acc[8][4];   // groups of up to 8 query heads per kv head stay in registers / L1
+  for (int64_t g = 0; g < group; ++g)
+    for (int i = 0; i < 4; ++i) acc[g][i] = _mm512_setzero_ps();
+  for (int64_t t0 = 0; t0 < len; t0 += block_size) {   // pass 2: one V row conversion serves the group
+    const at::BFloat16* block = v_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * 64;
+    const int64_t n = std::min(block_size, len - t0);
+    load_row(block, vbuf, n * 64);
+    for (int64_t g = 0; g < group; ++g) {
+      const float* p = scores + g * padded + t0;
+      __m512 a0 = acc[g][0], a1 = acc[g][1], a2 = acc[g][2], a3 = acc[g][3];
+      for (int64_t j = 0; j < n; ++j) {
+        const __m512 pj = _mm512_set1_ps(p[j]);
+        const float* v = vbuf + j * 64;
+        a0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v), a0);
+        a1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 16), a1);
+        a2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 32), a2);
+        a3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 48), a3);
+      }
+      acc[g][0] = a0; acc[g][1] = a1; acc[g][2] = a2; acc[g][3] = a3;
+    }
+  }
+  for (int64_t g = 0; g < group; ++g) {
+    float tmp[64];
+    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(tmp + 16 * i, acc[g][i]);
+    for (int d = 0; d < 64; ++d) out[g * out_stride + d] = static_cast<at::BFloat16>(tmp[d]);
+  }
+}
+#endif
+
+// q [Hq, B, D]; k_cache, v_cache [Hkv, num_blocks, block_size, D] (one layer); block_tables [B, M] int32;
+// lengths [B] int32 (cached tokens, the new one included). Writes out [Hq, B, D] in q's dtype.
+template <typename T>
+void decode_kernel(const T* q, const T* kc, const T* vc, const int32_t* tables, const int32_t* lengths, T* out,
+                   int64_t hq, int64_t hkv, int64_t batch, int64_t dim, int64_t num_blocks, int64_t block_size,
+                   int64_t max_blocks, float scale) {
+  const int64_t group = hq / hkv;
+  at::parallel_for(0, hkv * batch, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> qf(group * dim), acc(group * dim), row(dim), scores;
+    std::vector<float> vbuf;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t h = item / batch, b = item % batch, len = lengths[b];
+      const int64_t padded = (len + 15) / 16 * 16;   // the exp loop runs in whole vectors
+      const int32_t* table = tables + b * max_blocks;
+      const T* k_head = kc + h * num_blocks * block_size * dim;
+      const T* v_head = vc + h * num_blocks * block_size * dim;
+#ifdef LLM_LABS_BF16_D64
+      if constexpr (std::is_same_v<T, at::BFloat16>) {
+        if (dim == 64 && group <= 8) {
+          scores.resize(group * padded);
+          vbuf.resize(block_size * 64);
+          item_bf16_d64(q + (h * group * batch + b) * dim, batch * dim, group, k_head, v_head, table, len, block_size,
+                        scale, scores.data(), padded, vbuf.data(), out + (h * group * batch + b) * dim, batch * dim);
+          continue;
+        }
+      }
+#endif
+      for (int64_t g = 0; g < group; ++g) {
+        load_row(q + ((h * group + g) * batch + b) * dim, &qf[g * dim], dim);
+        for (int64_t d = 0; d < dim; ++d) qf[g * dim + d] *= scale;
+      }
+      scores.assign(group * padded, -INFINITY);
+      for (int64_t t0 = 0; t0 < len; t0 += block_size) {   // pass 1: one K row read serves the G query heads
+        const T* block = k_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * dim;
+        for (int64_t t = t0; t < std::min(len, t0 + block_size); ++t) {
+          load_row(block + (t - t0) * dim, row.data(), dim);
+          for (int64_t g = 0; g < group; ++g) scores[g * padded + t] = dot(&qf[g * dim], row.data(), dim);
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) {  // softmax per query head
+        float* sg = &scores[g * padded];
+        const float mx = *std::max_element(sg, sg + len);
+        const float inv = 1.f / exp_shifted(sg, padded, mx);
+        for (int64_t t = 0; t < len; ++t) sg[t] *= inv;
+      }
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t t0 = 0; t0 < len; t0 += block_size) {   // pass 2: one V row read serves the group
+        const T* block = v_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * dim;
+        for (int64_t t = t0; t < std::min(len, t0 + block_size); ++t) {
+          load_row(block + (t - t0) * dim, row.data(), dim);
+          for (int64_t g = 0; g < group; ++g) {
+            const float p = scores[g * padded + t];
+            float* ag = &acc[g * dim];
+#pragma omp simd
+            for (int64_t d = 0; d < dim; ++d) ag[d] += p * row[d];
+          }
+        }
+      }
+      for (int64_t g = 0; g < group; ++g) {
+        T* dst = out + ((h * group + g) * batch + b) * dim;
+        for (int64_t d = 0; d < dim; ++d) dst[d] = static_cast<T>(acc[g * dim + d]);
+      }
+    }
+  });
+}
+
+torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
+                                     torch::Tensor block_tables, torch::Tensor lengths, double scale) {
+  auto qc = q.contiguous();
+  auto out = torch::empty_like(qc);
+  const int64_t hq = q.size(0), batch = q.size(1), dim = q.size(2);
+  const int64_t hkv = k_cache.size(0), num_blocks = k_cache.size(1), block_size = k_cache.size(2);
+  const int64_t max_blocks = block_tables.size(1);
+  auto tables = block_tables.contiguous();
+  auto lens = lengths.contiguous();
+  if (q.scalar_type() == torch::kBFloat16) {
+    decode_kernel<at::BFloat16>(qc.data_ptr<at::BFloat16>(), k_cache.data_ptr<at::BFloat16>(),
+                                v_cache.data_ptr<at::BFloat16>(), tables.data_ptr<int32_t>(), lens.data_ptr<int32_t>(),
+                                out.data_ptr<at::BFloat16>(), hq, hkv, batch, dim, num_blocks, block_size, max_blocks,
+                                static_cast<float>(scale));
+  } else {
+    decode_kernel<float>(qc.data_ptr<float>(), k_cache.data_ptr<float>(), v_cache.data_ptr<float>(),
+                         tables.data_ptr<int32_t>(), lens.data_ptr<int32_t>(), out.data_ptr<float>(), hq, hkv, batch,
+                         dim, num_blocks, block_size, max_blocks, static_cast<float>(scale));
+  }
+  return out;
+}
+"""
+
+SUPPORTED_DTYPES = (torch.bfloat16, torch.float32)
+
+
+def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """One query token per sequence over its gathered pages, as two batched matmuls.
+
+    q [Hq, B, D]; keys/values [Hkv, B, L, D] (L = padded pages); valid [B, L] (True = a real key).
+    Returns [Hq, B, D]. GQA groups share their K/V without repeating them, and K is read through a
+    transposed view, so nothing is copied between the gather and the matmuls. On CPU this is
+    several times faster than SDPA with a mask for a single query (chapter 7, notebook 7).
+
+    定义于 第6章 §6.3.2
+    """
+    hq, batch, dim = q.shape
+    hkv = keys.shape[0]
+    qg = q.view(hkv, hq // hkv, batch, dim).transpose(1, 2)                     # [Hkv, B, G, D]
+    scores = torch.matmul(qg, keys.transpose(-1, -2)).float().mul_(dim ** -0.5)  # [Hkv, B, G, L]
+    probs = scores.masked_fill_(~valid[None, :, None, :], float("-inf")).softmax(-1).to(values.dtype)
+    return torch.matmul(probs, values).transpose(1, 2).reshape(hq, batch, dim)
+
+
+FUNCTIONS = ("paged_decode_attention",)
+
+
+def _extension():
+    return load_cpu_extension("llm_labs_paged_decode", CPP_SOURCE, FUNCTIONS)
+
+
+@functools.cache
+def decode_kernel_available() -> bool:
+    """True when the C++ kernel builds and loads here (a C++ compiler is found). Logged once if not.
+
+    定义于 第6章 §6.3.2
+    """
+    return cpu_extension_available("llm_labs_paged_decode", CPP_SOURCE, FUNCTIONS, "decode uses gather + matmuls")
+
+
+def check_decode_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                        block_tables: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Shapes, dtypes and ranges the kernel relies on; a mismatch is a ValueError, never a wrong read.
+
+    定义于 第6章 §6.3.2
+    """
+    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"need q [Hq, B, D] and K/V caches [Hkv, blocks, block_size, D], got q {tuple(q.shape)}, "
+                         f"k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)}")
+    hq, batch, dim = q.shape
+    hkv, num_blocks, block_size, cache_dim = k_cache.shape
+    if cache_dim != dim or hq % hkv:
+        raise ValueError(f"head_dim {dim} vs cache {cache_dim}; {hq} query heads must be a multiple of {hkv} kv heads")
+    if q.dtype not in SUPPORTED_DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(f"q and the caches must share one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, "
+                         f"{k_cache.dtype}, {v_cache.dtype}")
+    if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or q.device.type != "cpu":
+        raise ValueError("the kernel reads contiguous CPU caches")
+    if block_tables.shape[0] != batch or lengths.shape != (batch,):
+        raise ValueError(f"{batch} queries need block_tables [{batch}, M] and lengths [{batch}], got "
+                         f"{tuple(block_tables.shape)}, {tuple(lengths.shape)}")
+    if block_tables.dtype != torch.int32 or lengths.dtype != torch.int32:
+        raise ValueError("block_tables and lengths must be int32")
+    if batch and (lengths.min() < 1 or lengths.max() > block_tables.shape[1] * block_size):
+        raise ValueError(f"lengths must be in [1, {block_tables.shape[1] * block_size}] (the table's capacity)")
+    if block_tables.numel() and (block_tables.min() < 0 or block_tables.max() >= num_blocks):
+        raise ValueError(f"block ids must be in [0, {num_blocks})")
+
+
+@torch.library.custom_op("llm_labs::paged_decode_attention", mutates_args=())
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, lengths: torch.Tensor, scale: float,
+                           checked: bool = True) -> torch.Tensor:
+    """One query token per sequence over its paged K/V: [Hq, B, D] in q's dtype (CPU, bf16 or fp32).
+
+    q [Hq, B, D]; k_cache/v_cache [Hkv, num_blocks, block_size, D], one layer of a head-major store;
+    block_tables [B, M] int32 (padding entries past a sequence's length are never read); lengths [B]
+    int32. checked=False skips `check_decode_inputs` (the engine's hot path, whose tables it built itself).
+
+    定义于 第6章 §6.3.2
+    """
+    if checked:
+        check_decode_inputs(q, k_cache, v_cache, block_tables, lengths)
+    return _extension().paged_decode_attention(q, k_cache, v_cache, block_tables, lengths, scale)
+
+
+@paged_decode_attention.register_fake
+def _paged_decode_attention_fake(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                                 block_tables: torch.Tensor, lengths: torch.Tensor, scale: float,
+                                 checked: bool = True) -> torch.Tensor:
+    return torch.empty_like(q)
+
+
+class GatherDecode:
+    """A step's decode attention by gather + two matmuls: works with any store that has `gather_rows`
+    (the INT8 store dequantizes while gathering) on any device. Built once per step, called per layer.
+
+    定义于 第6章 §6.3.2
+    """
+
+    def __init__(self, store, tables: list[list[int]], lengths: list[int],
+                 buffers: tuple[torch.Tensor, torch.Tensor]) -> None:
+        device, bs = store.k_cache[0].device, store.block_size
+        width = max(len(t) for t in tables)
+        padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
+        self.store, self.batch, self.buffers = store, len(tables), buffers
+        self.rows = store.block_rows(padded)
+        self.valid = torch.arange(width * bs, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+
+    def __call__(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        k, v = self.store.gather_rows(layer, self.rows, self.buffers)
+        keys, values = k.view(k.shape[0], self.batch, -1, k.shape[-1]), v.view(v.shape[0], self.batch, -1, v.shape[-1])
+        return decode_attention(q, keys, values, self.valid)
+
+
+class KernelDecode:
+    """A step's decode attention by `paged_decode_attention`, reading the head-major pages in place (CPU).
+
+    定义于 第6章 §6.3.2
+    """
+
+    def __init__(self, store, tables: list[list[int]], lengths: list[int]) -> None:
+        width = max(len(t) for t in tables)
+        self.store, self.scale = store, store.config.head_dim ** -0.5
+        self.tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        self.lengths = torch.tensor(lengths, dtype=torch.int32)
+
+    def __call__(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+        store = self.store
+        return paged_decode_attention(q, store.k_cache[layer], store.v_cache[layer], self.tables, self.lengths,
+                                      self.scale, checked=False)
