@@ -13,8 +13,8 @@ from typing import Iterable, Protocol
 
 import torch
 
-from ..kv_math import kv_bytes_per_token
-from ..llama import LlamaConfig
+from ..model.kv_math import kv_bytes_per_token
+from ..model.llama import LlamaConfig
 
 
 class KVStore(Protocol):
