@@ -17,7 +17,7 @@ import time
 import torch
 
 from .device import pick_device
-from .generate import greedy_generate
+from .model.generate import greedy_generate
 from .models import chat_prompt_ids, load_hf_model, load_model, load_tokenizer
 from .bench.loadinfo import load_line, load_snapshot
 

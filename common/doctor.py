@@ -9,7 +9,7 @@ import time
 
 import torch
 
-from .hardware import cpu_flags, measure_peaks
+from .hardware.machine import cpu_flags, measure_peaks
 from .models import MODELS, is_cached
 
 INTERESTING_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "fma")

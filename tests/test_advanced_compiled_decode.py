@@ -4,7 +4,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from common.advanced.compiled_decode import StaticKVCache, compile_step, greedy_decode, make_step, truncated
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 from common.models import load_model
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from common.advanced.sinks import (MaskedAttention, hf_sliding_window_model, masked_nll, sink_attention_mass,
                                    sink_window_mask, streaming_nll)
-from common.layers import apply_rope
+from common.model.layers import apply_rope
 
 
 def test_mask_rejects_bad_arguments():

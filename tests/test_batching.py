@@ -2,9 +2,10 @@
 import pytest
 import torch
 
-from common.batching import RaggedKVCache, join_padding, static_batch_padding
-from common.generate import greedy_generate
-from common.token_budget import Request, serve_packed, simulate
+from common.basics.batching import RaggedKVCache, join_padding, static_batch_padding
+from common.model.generate import greedy_generate
+from common.basics.token_budget import Request, serve_packed
+from common.sim.token_budget import simulate
 
 
 def test_join_padding_is_n_minus_1_times_b_minus_1():

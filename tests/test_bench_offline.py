@@ -10,7 +10,7 @@ from common.bench.engines import guarded
 from common.bench.metrics import identical_fraction, matmul_params, percentile, summarize, workload_roofline
 from common.bench.offline import run_offline
 from common.bench.workload import make_workload, parse_range
-from common.llama import Llama
+from common.model.llama import Llama
 from common.models import load_config
 
 

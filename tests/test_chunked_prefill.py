@@ -2,11 +2,11 @@
 import pytest
 import torch
 
-from common.attention import causal_mask, sdpa
-from common.chunked_prefill import attend_chunk, chunk_bounds, chunk_mask, chunked_prefill
-from common.kv_cache import KVCache
+from common.model.attention import causal_mask, sdpa
+from common.basics.chunked_prefill import attend_chunk, chunk_bounds, chunk_mask, chunked_prefill
+from common.model.kv_cache import KVCache
 from common.models import load_model
-from common.peak_memory import peak_allocated
+from common.hardware.peak_memory import peak_allocated
 
 
 def test_chunk_mask_sees_cache_and_causal_chunk():

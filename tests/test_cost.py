@@ -1,9 +1,9 @@
 import pytest
 
-from common.cost import (agent_task_cost, agent_task_tokens, decode_tokens_per_s, prompt_cost_usd,
+from common.hardware.cost import (agent_task_cost, agent_task_tokens, decode_tokens_per_s, prompt_cost_usd,
                          usd_per_million_tokens)
-from common.gpu_specs import get_spec
-from common.model_shapes import get_shape
+from common.hardware.gpu_specs import get_spec
+from common.model.model_shapes import get_shape
 
 
 def test_usd_per_million_tokens():

@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import cpu_ops
-from common.layers import RMSNorm, apply_rope
+from common.model import cpu_ops
+from common.model.layers import RMSNorm, apply_rope
 
 pytestmark = pytest.mark.skipif(not cpu_ops.cpu_ops_available(), reason="no C++ compiler for the CPU kernels")
 BF16_STEP = 2 ** -7     # one bf16 rounding step, relative

@@ -6,7 +6,7 @@ import torch
 from common.disagg import SharedKVPool, TimedRequest, run_colocated, run_disaggregated
 from common.disagg.workers import DecodingRequest, decode_step, prefill
 from common.engine import LLM
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 from common.models import load_model
 from common.disagg.transfer import KVHeader
 

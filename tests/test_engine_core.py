@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.engine import LLM, SamplingParams
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 
 GREEDY = dict(temperature=0.0, ignore_eos=True)
 

@@ -12,7 +12,7 @@ from common.engine import LLM, SamplingParams
 from common.engine.kv_stores import KV_STORES, kv_store_class
 from common.engine.runner import ModelRunner
 from common.engine.sequence import Sequence
-from common.llama import LlamaConfig
+from common.model.llama import LlamaConfig
 from common.models import load_config
 from common.paged import BlockManager, HeadMajorKVStore
 from common.quant.kv_int8 import dequantize_kv, quantize_kv

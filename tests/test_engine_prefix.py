@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from common.engine import LLM, SamplingParams
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 from common.paged import BlockManager
 from common.paged import block_hash as bh
 

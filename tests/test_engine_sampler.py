@@ -62,7 +62,7 @@ def test_sampling_frequencies_follow_softmax(rng):
 
 def test_decode_attention_matches_sdpa(rng):
     """The engine's batched single-query attention against torch SDPA with the same mask (fp32)."""
-    from common.attention import sdpa
+    from common.model.attention import sdpa
     from common.paged.decode_attention import decode_attention
 
     B, Hq, Hkv, D, L = 5, 9, 3, 16, 40

@@ -6,7 +6,7 @@ import torch
 
 from common.engine import LLM, SamplingParams
 from common.engine.sampler import Penalties, apply_penalties, token_counts
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 from common.models import load_hf_model, load_model
 
 LOGPROB_TOL = 1e-4

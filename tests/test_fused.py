@@ -1,4 +1,4 @@
-"""The serving layout (common.fused) is chosen at load time and computes the unfused model's function;
+"""The serving layout (common.model.fused) is chosen at load time and computes the unfused model's function;
 `LLM(model)` runs a given model (unfused, fused or quantized) as it is and never changes it."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from common.engine import LLM, SamplingParams
-from common.fused import PrepackedLinear, can_prepack, pack_state_dict
-from common.generate import greedy_generate
+from common.model.fused import PrepackedLinear, can_prepack, pack_state_dict
+from common.model.generate import greedy_generate
 from common.models import load_hf_model, load_model
 from common.quant.qlinear import QuantLinear, quantize_model
 

@@ -2,8 +2,8 @@
 import pytest
 
 
-from common.gpu_specs import NVLINK_C2C_GBPS_PER_DIRECTION, PCIE_GEN5_X16_GBPS_PER_DIRECTION, SPECS, get_spec
-from common.roofline import MatmulShape, is_memory_bound
+from common.hardware.gpu_specs import NVLINK_C2C_GBPS_PER_DIRECTION, PCIE_GEN5_X16_GBPS_PER_DIRECTION, SPECS, get_spec
+from common.hardware.roofline import MatmulShape, is_memory_bound
 
 
 def test_spec_table_consistency():

@@ -1,6 +1,6 @@
 """The ROI dashboard (exercise 10.3, deploy/grafana/dashboards/llm-roi.json): every query parses as PromQL
 (promql-parser, a real parser), selects only series that both our server and vLLM export, and its arithmetic
-equals common.cost for the same price and measured rates."""
+equals common.hardware.cost for the same price and measured rates."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,7 @@ import promql_parser
 import pytest
 from test_deploy import DEPLOY, server_series, vllm_series
 
-from common.cost import usd_per_million_tokens
+from common.hardware.cost import usd_per_million_tokens
 
 ROI = DEPLOY / "grafana" / "dashboards" / "llm-roi.json"
 OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from common.kv_cache import KVCache
-from common.kv_math import kv_bytes_per_token, mla_bytes_per_token
+from common.model.kv_cache import KVCache
+from common.model.kv_math import kv_bytes_per_token, mla_bytes_per_token
 from common.models import load_config
 from common.paged import PagedKVStore
 from common.quant.kv_int8 import Int8KVCache

@@ -1,9 +1,9 @@
-"""common.layers against PyTorch's own implementations (independent references)."""
+"""common.model.layers against PyTorch's own implementations (independent references)."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from common.layers import RMSNorm
+from common.model.layers import RMSNorm
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 2e-2)])

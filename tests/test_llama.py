@@ -2,9 +2,9 @@
 import pytest
 import torch
 
-from common.generate import greedy_generate
-from common.kv_cache import KVCache
-from common.llama import ContextLengthError
+from common.model.generate import greedy_generate
+from common.model.kv_cache import KVCache
+from common.model.llama import ContextLengthError
 from common.models import chat_prompt_ids, load_tokenizer
 
 CHAT_PROMPTS = [

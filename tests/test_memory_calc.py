@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from common.kv_cache import KVCache
-from common.kv_math import kv_bytes_per_token
-from common.memory_calc import decode_floor, kv_cache_bytes, max_concurrent_requests, memory_budget, weights_bytes
-from common.model_shapes import ModelShape, get_shape
+from common.model.kv_cache import KVCache
+from common.model.kv_math import kv_bytes_per_token
+from common.hardware.memory_calc import (decode_floor, kv_cache_bytes, max_concurrent_requests, memory_budget,
+                                         weights_bytes)
+from common.model.model_shapes import ModelShape, get_shape
 from common.models import hf_model_dir, load_config
 
 

@@ -5,8 +5,8 @@ import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 import torch
 
-from common.kv_math import kv_bytes_per_token, mla_bytes_per_token
-from common.model_shapes import MODEL_SHAPES, ModelShape, get_shape, kv_table
+from common.model.kv_math import kv_bytes_per_token, mla_bytes_per_token
+from common.model.model_shapes import MODEL_SHAPES, ModelShape, get_shape, kv_table
 from common.models import hf_model_dir, load_config
 
 # Dense SwiGLU decoders without biases (Llama family, Mistral): params are exactly what their shapes count.

@@ -5,7 +5,7 @@ import pytest
 
 import torch
 
-from common.monitor import Monitor
+from common.hardware.monitor import Monitor
 
 
 def test_monitor_samples_while_workload_runs():

@@ -4,11 +4,12 @@ import random
 
 import pytest
 
-from common.occupancy import ARCHS, occupancy
+from common.hardware.occupancy import ARCHS, occupancy
 
 
 # The oracle's own limits, typed from the CUDA C++ Programming Guide's "Technical Specifications per Compute
-# Capability" table and NVIDIA's occupancy calculator (allocation granularities), not read from common.occupancy:
+# Capability" table and NVIDIA's occupancy calculator (allocation granularities), not read from
+# common.hardware.occupancy:
 # max warps / SM, max resident blocks / SM, 32-bit registers / SM, shared memory / SM and per block (KiB).
 CUDA_GUIDE = {"8.0": (64, 32, 65536, 164, 163), "9.0": (64, 32, 65536, 228, 227), "10.0": (64, 32, 65536, 228, 227)}
 GPU_CC = {"A100": "8.0", "H100": "9.0", "B200": "10.0"}

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common.llama import LlamaConfig
+from common.model.llama import LlamaConfig
 from common.paged import (BlockManager, PagedKVStore, paged_attention, paged_attention_reference,
                           per_block_softmax_wrong)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.kv_cache import KVCache
+from common.model.kv_cache import KVCache
 from common.paged import BlockManager, PagedKVStore
 from common.paged.paged_cache import PagedSeqCache
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from common.attention import sdpa
+from common.model.attention import sdpa
 from common.paged.decode_attention import (check_decode_inputs, decode_attention, decode_kernel_available,
                                            paged_decode_attention)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from common.paged.radix_cache import RadixCache
-from common.paged.simulate import block_cache_hits, radix_cache_hits, schedule_hits
+from common.sim.cache_hits import block_cache_hits, radix_cache_hits, schedule_hits
 from common.paged.traces import agent_trace, multi_turn_trace, rag_trace, shared_system_trace
 
 

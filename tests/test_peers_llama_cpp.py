@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 from common.models import chat_prompt_ids, load_model, load_tokenizer
 from common.quant.eval import EVAL_TOKENS, eval_token_ids, perplexity
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from common.engine import LLM, SamplingParams
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 from common.models import load_model
 from common.quant.gptq import gptq_quantize, hessian
 from common.quant.int4pack import Int4PackLinear, decode_bytes_per_token, int4pack_model, kernel_group_size

@@ -89,8 +89,8 @@ def test_nf4_construction_reproduces_qlora_table_and_book_formula_has_no_zero():
 
 
 def test_int8_kv_cache_matches_sdpa_on_dequantized_keys():
-    from common.attention import sdpa
-    from common.llama import LlamaConfig
+    from common.model.attention import sdpa
+    from common.model.llama import LlamaConfig
 
     cfg = LlamaConfig(vocab_size=10, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=2, head_dim=8)

@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from common.engine import LLM, SamplingParams
-from common.llama import LlamaConfig
+from common.model.llama import LlamaConfig
 from common.models import load_config
-from common.kv_math import kv_bytes_per_token
+from common.model.kv_math import kv_bytes_per_token
 from common.paged import BlockManager, HeadMajorKVStore
 from common.quant.kv_int8_paged import Int8HeadMajorKVStore
 

@@ -4,10 +4,10 @@ import random
 import pytest
 import torch
 
-import common.hardware as hardware
-from common.batch_sweep import time_weight_stream, weight_stream
-from common.hardware import last_level_cache_bytes, measure_memory_bandwidth, measure_matmul_flops
-from common.roofline import MatmulShape, fit_knee, place, predicted_knee
+import common.hardware.machine as hardware
+from common.hardware.batch_sweep import time_weight_stream, weight_stream
+from common.hardware.machine import last_level_cache_bytes, measure_memory_bandwidth, measure_matmul_flops
+from common.hardware.roofline import MatmulShape, fit_knee, place, predicted_knee
 
 
 def test_place_agrees_with_the_time_view():

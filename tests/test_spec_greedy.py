@@ -3,9 +3,9 @@ for every drafter and several k; bad input must raise a clear error."""
 import pytest
 import torch
 
-from common.generate import greedy_generate
-from common.kv_cache import KVCache
-from common.llama import Llama, LlamaConfig
+from common.model.generate import greedy_generate
+from common.model.kv_cache import KVCache
+from common.model.llama import Llama, LlamaConfig
 from common.models import is_cached, load_model
 from common.spec import NgramDrafter, QuantizedDrafter, SelfDraftDrafter, speculative_generate, truncated_model
 

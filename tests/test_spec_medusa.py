@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from common.generate import greedy_generate
+from common.model.generate import greedy_generate
 from common.spec import MedusaDrafter, MedusaHeads, distill_set, head_accuracy, speculative_generate, train_heads
 
 

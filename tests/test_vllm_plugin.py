@@ -39,7 +39,7 @@ class _FlatCausalAttention(torch.nn.Module):
         self.shape = num_heads, num_kv_heads, head_dim
 
     def forward(self, q, k, v):
-        from common.attention import sdpa
+        from common.model.attention import sdpa
 
         hq, hkv, d = self.shape
         q, k, v = (t.view(t.shape[0], h, d).transpose(0, 1).unsqueeze(0) for t, h in ((q, hq), (k, hkv), (v, hkv)))

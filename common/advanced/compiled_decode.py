@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 
 from common.device import synchronize
-from common.llama import ContextLengthError, Llama, LlamaConfig
+from common.model.llama import ContextLengthError, Llama, LlamaConfig
 
 COMPILE_MODES = ("inductor", "freezing", "cpp_wrapper")
 
 
 class StaticKVCache:
-    """KV cache with fixed shapes for compiled decode (implements common.llama.AttentionCache).
+    """KV cache with fixed shapes for compiled decode (implements common.model.llama.AttentionCache).
 
     `position` is a long tensor [1]: where the next token is written. The model calls `attend`
     per layer; `advance` is a no-op inside the graph (an int attribute changing there would add a

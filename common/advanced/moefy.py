@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.layers import SwiGLU
-from common.llama import Llama
+from common.model.layers import SwiGLU
+from common.model.llama import Llama
 
 
 def cluster_neurons(mlp: SwiGLU, num_experts: int, iterations: int = 5, seed: int = 0,

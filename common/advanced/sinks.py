@@ -16,8 +16,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from common.layers import apply_rope
-from common.llama import Llama
+from common.model.layers import apply_rope
+from common.model.llama import Llama
 
 
 def sink_window_mask(num_queries: int, num_keys: int | None = None, window: int | None = None,

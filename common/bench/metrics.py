@@ -5,7 +5,7 @@ import statistics
 
 import torch
 
-from ..llama import LlamaConfig
+from ..model.llama import LlamaConfig
 from .workload import Workload
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from ..device import parse_dtype
-from ..hardware import measure_peaks
+from ..hardware.machine import measure_peaks
 from ..models import load_config, load_model
 from ..paths import FIGURES_DIR
 from .engines import guarded, run_common, run_hf, run_hf_continuous, run_llama_cpp_peer, run_vllm_peer

@@ -13,7 +13,7 @@ from multiprocessing import shared_memory
 
 import torch
 
-from ..llama import LlamaConfig
+from ..model.llama import LlamaConfig
 
 
 @dataclass(frozen=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..attention import sdpa
-from ..kv_cache import KVCache
-from ..llama import Llama
+from ..model.attention import sdpa
+from ..model.kv_cache import KVCache
+from ..model.llama import Llama
 from .transfer import KVHeader, SharedKVPool
 
 

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..attention import causal_mask, sdpa
-from ..llama import Llama
+from ..model.attention import causal_mask, sdpa
+from ..model.llama import Llama
 from ..paged.kv_store import DecodeAttention, KVStore
 from .sequence import Sequence
 

@@ -2,7 +2,7 @@
 
     hf_model_dir(name)                      -> Path of the converted Hugging Face folder
     load_tokenizer(name)                    -> the model's tokenizer (with its chat template)
-    load_model(name, dtype, device, fused)  -> the from-scratch `common.llama.Llama`
+    load_model(name, dtype, device, fused)  -> the from-scratch `common.model.llama.Llama`
     load_hf_model(name, dtype, device)      -> transformers' model, the reference
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from functools import lru_cache
 import torch
 
 from ..device import parse_dtype, pick_device
-from ..llama import Llama, LlamaConfig
+from ..model.llama import Llama, LlamaConfig
 from .convert import ModelNotInstalledError
 from .registry import MODELS, get_spec, hf_model_dir, is_cached
 
@@ -42,7 +42,7 @@ def load_tokenizer(name: str):
 def load_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None,
                fused: bool = False) -> Llama:
     """The from-scratch model with the registry's weights, in eval mode. fused=True: the serving layout
-    (packed QKV and gate/up, oneDNN-prepacked bf16 on CPU; common.fused), what `common.engine.LLM` loads.
+    (packed QKV and gate/up, oneDNN-prepacked bf16 on CPU; common.model.fused), what `common.engine.LLM` loads.
 
     本书无对应章节（工具）
     """

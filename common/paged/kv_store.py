@@ -13,8 +13,8 @@ from typing import Callable, Iterable, Protocol
 
 import torch
 
-from ..kv_math import kv_bytes_per_token
-from ..llama import LlamaConfig
+from ..model.kv_math import kv_bytes_per_token
+from ..model.llama import LlamaConfig
 from .decode_attention import SUPPORTED_DTYPES, GatherDecode, KernelDecode, decode_kernel_available
 
 # layer, q [Hq, B, D] -> attention output [Hq, B, D] of one query token per sequence

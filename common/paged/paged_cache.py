@@ -12,7 +12,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..attention import causal_mask, sdpa
+from ..model.attention import causal_mask, sdpa
 from .block_manager import BlockManager
 from .kv_store import PagedKVStore
 from .paged_attention import paged_attention

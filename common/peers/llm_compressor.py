@@ -10,7 +10,7 @@ The child writes two folders:
 - `compressed/`: what vLLM loads (`quantization_config` format "pack-quantized": int4 codes packed 8 per int32,
   one scale and one zero point per group of columns);
 - `dequantized/`: the same checkpoint decompressed by compressed-tensors itself into plain bf16 weights, so
-  `load_dequantized` gives our `common.llama.Llama` exactly the weights vLLM would multiply with, and the
+  `load_dequantized` gives our `common.model.llama.Llama` exactly the weights vLLM would multiply with, and the
   perplexity is measured with the same `common.quant.eval.perplexity` as our own GPTQ.
 
 SmolLM2's hidden size 576 is not a multiple of 128: our GPTQ g128 keeps a short last group of 64 columns, but
@@ -192,7 +192,7 @@ def load_dequantized(result: dict, dtype: str = "bfloat16", device: str | None =
     定义于 第8章 §8.6
     """
     from ..device import parse_dtype, pick_device
-    from ..llama import Llama
+    from ..model.llama import Llama
 
     return Llama.from_pretrained(_result_dir(result) / "dequantized", parse_dtype(dtype), pick_device(device))
 

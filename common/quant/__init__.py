@@ -2,7 +2,7 @@
 
 rtn          round-to-nearest (symmetric / asymmetric; per-tensor, per-channel, per-group) and SQNR
 packing      INT4 packing: two per uint8, eight per int32
-qlinear      weight-only quantized linear layers that replace nn.Linear in common.llama.Llama
+qlinear      weight-only quantized linear layers that replace nn.Linear in common.model.llama.Llama
 int4pack     real INT4 decode: our INT4 codes run by torch's CPU int4 kernel (Int4PackLinear, int4pack_model)
 gptq         GPTQ (inverse-Hessian error feedback, lazy blocks)
 awq          AWQ (activation-aware per-channel scale search)

@@ -11,7 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..llama import DecoderLayer, Llama
+from ..model.llama import DecoderLayer, Llama
 from .qlinear import LINEAR_NAMES
 
 

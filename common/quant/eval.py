@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from ..device import synchronize
-from ..kv_cache import KVCache
-from ..llama import AttentionCache, Llama
+from ..model.kv_cache import KVCache
+from ..model.llama import AttentionCache, Llama
 
 EVAL_TEXT = Path(__file__).resolve().parent.parent / "data" / "opticks_excerpt.txt"
 EVAL_TOKENS = (0, 1024)     # perplexity: two windows of 512 (seconds per variant on this CPU)
@@ -64,7 +64,7 @@ def next_token_agreement(model: Llama, reference: Llama, prompts: list[list[int]
 
     定义于 第8章 §8.6
     """
-    from ..generate import greedy_generate
+    from ..model.generate import greedy_generate
 
     agree, total = 0, 0
     for prompt in prompts:

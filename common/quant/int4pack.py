@@ -169,11 +169,11 @@ def _to_int4pack(modules: list[nn.Module], group_size: int, dtype: torch.dtype) 
 
 @torch.no_grad()
 def int4pack_model(model: nn.Module, group_size: int = 128) -> nn.Module:
-    """Swap every decoder projection of a `common.llama.Llama` for an `Int4PackLinear` (in place).
+    """Swap every decoder projection of a `common.model.llama.Llama` for an `Int4PackLinear` (in place).
 
     A 4-bit `QuantLinear` (our RTN / GPTQ / AWQ result) keeps its exact codes, scales and zeros; a plain
     nn.Linear is first RTN-quantized (asymmetric, `group_size`). The kernel computes in the model's dtype.
-    On the serving layout (`load_model(name, fused=True)`, common.fused) the packed qkv_proj and gate_up_proj
+    On the serving layout (`load_model(name, fused=True)`, common.model.fused) the packed qkv_proj and gate_up_proj
     become one kernel call each (groups run along K, so packing the rows changes no code or scale); the LM
     head keeps its dtype (oneDNN-prepacked there).
 

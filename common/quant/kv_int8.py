@@ -7,16 +7,16 @@ token cannot hurt the others. Memory per token: L·H_kv·(D + 2) bytes for K and
 scale per head) instead of L·H_kv·D·2 bytes in bf16: 0.52× for head_dim 64.
 
 It implements the model's cache interface (`seq_len`, `attend`, `advance`), like
-`common.kv_cache.KVCache`. The paged engine's INT8 store (same quantizer) is `common.quant.kv_int8_paged`.
+`common.model.kv_cache.KVCache`. The paged engine's INT8 store (same quantizer) is `common.quant.kv_int8_paged`.
 """
 from __future__ import annotations
 
 import torch
 
-from ..attention import causal_mask, sdpa
-from ..kv_cache import KVCache
-from ..kv_math import kv_bytes_per_token
-from ..llama import ContextLengthError, LlamaConfig
+from ..model.attention import causal_mask, sdpa
+from ..model.kv_cache import KVCache
+from ..model.kv_math import kv_bytes_per_token
+from ..model.llama import ContextLengthError, LlamaConfig
 
 
 def quantize_kv(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

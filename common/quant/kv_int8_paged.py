@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ..llama import LlamaConfig
+from ..model.llama import LlamaConfig
 from ..paged.kv_store import HeadMajorKVStore
 from .kv_int8 import Int8KVCache, dequantize_kv, quantize_kv
 

@@ -1,4 +1,4 @@
-"""Weight-only quantized linear layers that replace `nn.Linear` inside `common.llama.Llama`.
+"""Weight-only quantized linear layers that replace `nn.Linear` inside `common.model.llama.Llama`.
 
 `QuantLinear` keeps INT8 codes, or INT4 codes packed two per byte, plus fp16 scales (and zero
 points), and computes y = x · dequant(W)ᵀ. On this CPU that is *dequantize-then-matmul*: every
@@ -16,7 +16,7 @@ from torch import nn
 from .packing import pack_int4_uint8, unpack_int4_uint8
 from .rtn import Granularity, QuantizedTensor, dequantize, quantize
 
-# the decoder projections: the teaching layout's seven, and the serving layout's packed two (common.fused)
+# the decoder projections: the teaching layout's seven, and the serving layout's packed two (common.model.fused)
 LINEAR_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "qkv_proj",
                 "gate_up_proj")
 

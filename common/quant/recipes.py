@@ -1,4 +1,4 @@
-"""Whole-model recipes: turn a loaded `common.llama.Llama` into each quantized variant (in place).
+"""Whole-model recipes: turn a loaded `common.model.llama.Llama` into each quantized variant (in place).
 
 Every recipe leaves the embedding / tied LM head in the model's dtype (their error would hit every
 token, and they are a lookup plus one matmul), as GPTQ/AWQ checkpoints usually do.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from ..llama import DecoderLayer, Llama
+from ..model.llama import DecoderLayer, Llama
 from .awq import awq_layer
 from .calibration import run_layerwise
 from .gptq import gptq_quantize, hessian

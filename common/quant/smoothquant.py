@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..llama import DecoderLayer
+from ..model.llama import DecoderLayer
 from .awq import SCALE_GROUPS, fold_scale
 from .rtn import quantize
 

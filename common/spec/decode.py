@@ -17,9 +17,9 @@ from typing import Sequence
 import torch
 
 from ..device import synchronize
-from ..generate import _check_context
-from ..kv_cache import KVCache
-from ..llama import Llama
+from ..model.generate import _check_context
+from ..model.kv_cache import KVCache
+from ..model.llama import Llama
 from .drafters import Drafter
 from .verify import greedy_verify, speculative_verify
 

@@ -13,8 +13,8 @@ from typing import Protocol, Sequence
 import torch
 from torch import nn
 
-from ..kv_cache import KVCache
-from ..llama import Llama
+from ..model.kv_cache import KVCache
+from ..model.llama import Llama
 
 
 @dataclass

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..llama import Llama
+from ..model.llama import Llama
 from .drafters import Draft, _check_k
 
 

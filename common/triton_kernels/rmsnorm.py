@@ -2,7 +2,7 @@
 
 Unfused PyTorch does pow, mean, rsqrt, mul, mul as separate passes over memory; fusing makes
 it one read + one write, which is what matters for a memory-bound op. Same numerics as
-common.layers.RMSNorm: statistics in fp32, cast back, then times the weight.
+common.model.layers.RMSNorm: statistics in fp32, cast back, then times the weight.
 """
 from __future__ import annotations
 

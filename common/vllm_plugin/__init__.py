@@ -3,7 +3,7 @@
 The book's `from vllm.plugin import VLLMPatch` does not exist in vLLM. The real mechanisms, all used here:
 - `vllm.general_plugins` entry point (pyproject.toml) -> `register()`: vLLM calls it in EVERY process it
   starts (front end, engine core, workers), which is why a plugin is an installed distribution and not an
-  import in the caller. `register()` adds `ScratchLlamaForCausalLM` (the repo's from-scratch `common.llama.Llama`,
+  import in the caller. `register()` adds `ScratchLlamaForCausalLM` (the repo's from-scratch `common.model.llama.Llama`,
   attention through vLLM's paged `Attention` layer) to vLLM's `ModelRegistry`; select it with
   `hf_overrides={"architectures": ["ScratchLlamaForCausalLM"]}`.
 - `scheduler_cls="common.vllm_plugin.scheduler.ShortestPromptFirstScheduler"` (`--scheduler-cls`): a V1

@@ -1,4 +1,4 @@
-"""The repo's from-scratch Llama (`common.llama.Llama`) served by vLLM as an out-of-tree model (§5.11.7).
+"""The repo's from-scratch Llama (`common.model.llama.Llama`) served by vLLM as an out-of-tree model (§5.11.7).
 
 Our Llama takes any object with the `AttentionCache` protocol (`attend(layer_idx, q, k, v)`); here that object
 hands each layer's rotated q/k/v to vLLM's paged `Attention` layer, so vLLM owns the KV cache, the block tables
@@ -15,11 +15,11 @@ from torch import nn
 from vllm.config import VllmConfig
 from vllm.model_executor.layers.attention import Attention
 
-from common.llama import Llama, LlamaConfig
+from common.model.llama import Llama, LlamaConfig
 
 
 class VLLMAttentionCache:
-    """`common.llama.AttentionCache` on top of vLLM: vLLM's flattened batch [tokens] is our batch of one.
+    """`common.model.llama.AttentionCache` on top of vLLM: vLLM's flattened batch [tokens] is our batch of one.
 
     定义于 第5章 §5.11.7
     """
@@ -40,7 +40,7 @@ class VLLMAttentionCache:
 
 class ScratchLlamaForCausalLM(nn.Module):
     """vLLM's model interface (`vllm_config` init, `embed_input_ids`, `forward`, `compute_logits`, `load_weights`)
-    around `common.llama.Llama`.
+    around `common.model.llama.Llama`.
 
     定义于 第5章 §5.11.7
     """
@@ -77,7 +77,7 @@ class ScratchLlamaForCausalLM(nn.Module):
             if name not in params:
                 if name == "lm_head.weight" and self.model.config.tie_word_embeddings:
                     continue
-                raise KeyError(f"checkpoint tensor {name!r} has no place in common.llama.Llama")
+                raise KeyError(f"checkpoint tensor {name!r} has no place in common.model.llama.Llama")
             with torch.no_grad():
                 params[name].copy_(tensor)
             loaded.add(f"model.{name}")

@@ -1,9 +1,9 @@
 """Lab 3 reference solutions: the same names as exercises.py, bound to the library in common/."""
 from __future__ import annotations
 
-from common import memory_calc
-from common.model_shapes import ModelShape
-from common.roofline import MatmulShape, place
+from common.hardware import memory_calc
+from common.model.model_shapes import ModelShape
+from common.hardware.roofline import MatmulShape, place
 from common.triton_kernels import rmsnorm
 
 __all__ = ["weights_bytes", "kv_cache_bytes", "decode_floor_seconds", "roofline_place", "rmsnorm"]

@@ -1,11 +1,11 @@
 """Lab 3 tests: book errata as fixed values, random cases against brute-force oracles, and the
-Triton RMSNorm against common.layers.RMSNorm (torch) in interpreter mode."""
+Triton RMSNorm against common.model.layers.RMSNorm (torch) in interpreter mode."""
 import random
 
 import pytest
 import torch
 
-from common.layers import RMSNorm
+from common.model.layers import RMSNorm
 
 
 def test_weights_llama3_70b_is_not_80gb(impl):

@@ -1,7 +1,7 @@
 """Lab 5: attention, masks, a KV-cache decode step, the KV-bytes formula and one prefill chunk.
 
 Fill in every function (remove the `raise NotImplementedError`), then run `make lab-5`.
-Conventions (the same as common/attention.py): a mask is a bool tensor of shape
+Conventions (the same as common/model/attention.py): a mask is a bool tensor of shape
 [queries, keys], True = "this query may attend to this key"; rows are queries, columns keys.
 Tensors are laid out [batch, heads, seq, head_dim]. Use plain torch ops (no
 F.scaled_dot_product_attention: the tests compare against it).

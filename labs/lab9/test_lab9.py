@@ -4,8 +4,8 @@ against simulation."""
 import pytest
 import torch
 
-from common.generate import greedy_generate
-from common.llama import Llama, LlamaConfig
+from common.model.generate import greedy_generate
+from common.model.llama import Llama, LlamaConfig
 from common.spec import NgramDrafter, speculative_generate
 import common.spec.decode as decode_module
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hardware import best_time, best_total_time
-from .llama import Llama
+from ..model.llama import Llama
+from .machine import best_time, best_total_time
 from .roofline import MatmulShape
 
 
@@ -53,7 +53,7 @@ def sweep_decode_step(weights: list[torch.Tensor], batches: list[int], rounds: i
     """Seconds of one pass of B tokens through all `weights`, for each B in `batches`.
 
     Timed matmul by matmul (LM head in row pieces), best of `rounds` each, summed: see
-    common.hardware.best_total_time for why this survives a busy machine. The weights together
+    common.hardware.machine.best_total_time for why this survives a busy machine. The weights together
     must exceed the last-level cache, or small batches are timed from cache instead of memory.
 
     定义于 第3章 §3.2.4
@@ -109,7 +109,7 @@ def weight_stream(weights: list[torch.Tensor], min_bytes: int) -> list[torch.Ten
 @torch.inference_mode()
 def time_weight_stream(stream: list[torch.Tensor], m: int, rounds: int = 5) -> float:
     """Seconds of one pass of x[m, k] through every weight of `stream` in order (best of `rounds`
-    per weight, summed: common.hardware.best_total_time). FLOP/s = 2·m·Σ(numel) / seconds.
+    per weight, summed: common.hardware.machine.best_total_time). FLOP/s = 2·m·Σ(numel) / seconds.
 
     定义于 第3章 §3.2.4
     """

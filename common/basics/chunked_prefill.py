@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .attention import causal_mask, sdpa
-from .kv_cache import KVCache
-from .llama import Llama
+from ..model.attention import causal_mask, sdpa
+from ..model.kv_cache import KVCache
+from ..model.llama import Llama
 
 
 def chunk_mask(cached_len: int, chunk_len: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -87,9 +87,9 @@ class AttentionCache(Protocol):
 class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, using whatever KV cache the caller passes.
 
-    fused=True (the serving layout, common.fused) holds q, k and v as one packed `qkv_proj` (one matmul,
+    fused=True (the serving layout, common.model.fused) holds q, k and v as one packed `qkv_proj` (one matmul,
     split after) and uses oneDNN-prepacked linears, and on CPU bf16 rotates q and k in place with the fused
-    `rope_` kernel (common.cpu_ops); the default is the teaching layout.
+    `rope_` kernel (common.model.cpu_ops); the default is the teaching layout.
 
     定义于 第6章 §6.1
     """
@@ -160,7 +160,7 @@ class Llama(nn.Module):
     """The from-scratch Llama decoder; loads Hugging Face weights and matches transformers' logits.
 
     fused=False (default): the teaching layout, one nn.Linear per checkpoint tensor (q_proj, k_proj, ...).
-    fused=True: the serving layout (common.fused): packed qkv_proj and gate_up_proj, every linear
+    fused=True: the serving layout (common.model.fused): packed qkv_proj and gate_up_proj, every linear
     oneDNN-prepacked on CPU bf16 once the weights are loaded. Same function, fewer and faster matmuls.
 
     定义于 第6章 §6.1
@@ -223,7 +223,7 @@ class Llama(nn.Module):
     def from_pretrained(cls, folder: str | Path, dtype: torch.dtype = torch.float32,
                         device: str | torch.device = "cpu", fused: bool = False) -> "Llama":
         """Load a Hugging Face folder (config.json + *.safetensors) into the from-scratch model.
-        fused=True: the serving layout (q/k/v and gate/up tensors packed on load, see common.fused)."""
+        fused=True: the serving layout (q/k/v and gate/up tensors packed on load, see common.model.fused)."""
         folder = Path(folder)
         config = LlamaConfig.from_pretrained(folder)
         with torch.device("meta"):

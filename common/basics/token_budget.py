@@ -1,9 +1,9 @@
 """A token-budget step (book 5.9.4): every running decode gets its one token first, then the rest
 of the budget goes to prompt tokens, FIFO, chunking the last prompt that does not fit.
 
-`TokenBudgetScheduler` only decides; `simulate` replays a trace in steps (no model), and
-`serve_packed` runs the same schedule on a real model with `RaggedKVCache`, one packed forward
-per step. Chapter 7 grows this into an engine with paged memory and preemption.
+`TokenBudgetScheduler` only decides; `serve_packed` runs its schedule on a real model with
+`RaggedKVCache`, one packed forward per step (`common.sim.token_budget.simulate` replays a trace
+with the same scheduler and no model). Chapter 7 grows this into an engine with paged memory and preemption.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 
 from .batching import RaggedKVCache
-from .llama import Llama
+from ..model.llama import Llama
 
 
 @dataclass
@@ -106,22 +106,6 @@ class TokenBudgetScheduler:
                 r.finish_step = step.index
         self.step_index += 1
         return emitted
-
-
-def simulate(requests: Sequence[Request], budget: int, max_steps: int = 100_000) -> list[Step]:
-    """Run the schedule to completion (no model); the requests record their first/finish steps.
-
-    定义于 第5章 §5.10
-    """
-    scheduler = TokenBudgetScheduler(requests, budget)
-    steps = []
-    while not scheduler.done():
-        if scheduler.step_index >= max_steps:
-            raise RuntimeError(f"trace not finished after {max_steps} steps")
-        step = scheduler.schedule()
-        scheduler.commit(step)
-        steps.append(step)
-    return steps
 
 
 @torch.inference_mode()

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from common.engine.reservation import SimRequest, simulate
+from common.sim.reservation import SimRequest, simulate
 
 
 def _trace(rng, n=60, ratio=0.3):

@@ -14,7 +14,7 @@ from typing import Hashable, Sequence
 
 import torch
 
-from .attention import sdpa
+from ..model.attention import sdpa
 
 
 def _check_lengths(name: str, lengths: Sequence[int], minimum: int = 1) -> None:

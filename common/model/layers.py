@@ -69,9 +69,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)): the gated MLP of Llama.
 
-    fused=True (the serving layout, common.fused) holds gate and up as one packed `gate_up_proj` (one
+    fused=True (the serving layout, common.model.fused) holds gate and up as one packed `gate_up_proj` (one
     matmul, split after) and uses oneDNN-prepacked linears, and on CPU bf16 the fused `silu_and_mul`
-    kernel (common.cpu_ops); the default is the teaching layout.
+    kernel (common.model.cpu_ops); the default is the teaching layout.
 
     定义于 第6章 §6.1
     """

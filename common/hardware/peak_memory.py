@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from .device import pick_device, synchronize
+from ..device import pick_device, synchronize
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import functools
 
 import torch
 
-from .cpp_extension import cpu_extension_available, load_cpu_extension
+from ..cpp_extension import cpu_extension_available, load_cpu_extension
 
 CPP_SOURCE = r"""
 #include <torch/extension.h>

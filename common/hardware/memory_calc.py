@@ -3,15 +3,15 @@ how many requests fit on a GPU, and the decode floor (bytes moved per step / ban
 
 The book's two slips are the reason these are functions and not prose: Llama-3-70B in fp16 is
 ~141 GB of weights (not 80 GB), and a decode step reads the KV cache of *every* layer.
-Model shapes come from `common.model_shapes` (one table for the whole repo).
+Model shapes come from `common.model.model_shapes` (one table for the whole repo).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-from .kv_math import GIB
-from .model_shapes import ModelShape
+from ..model.kv_math import GIB
+from ..model.model_shapes import ModelShape
 
 
 def _check_bytes(value: float, what: str) -> None:

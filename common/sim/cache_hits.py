@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Protocol, Sequence
 
-from .block_manager import BlockManager
+from ..paged.block_manager import BlockManager
 
 
 def block_cache_hits(trace: Sequence[Sequence[int]], block_size: int, num_blocks: int | None = None) -> list[int]:

@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from .device import pick_device, synchronize
-from .paths import CACHE_DIR
-from .runinfo import load_average
+from ..device import pick_device, synchronize
+from ..paths import CACHE_DIR
+from ..runinfo import load_average
 
 
 def best_time(fn, repeats: int, device: torch.device | str) -> float:

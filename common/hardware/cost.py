@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .gpu_specs import GPUSpec
 from .memory_calc import decode_floor
-from .model_shapes import ModelShape
+from ..model.model_shapes import ModelShape
 
 MILLION = 1e6
 

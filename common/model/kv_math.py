@@ -3,7 +3,7 @@
 The book (5.3.5) writes 2 × layers × heads × head_dim × bytes. With GQA/MQA the count that
 matters is the number of *KV* heads, not query heads; MLA (DeepSeek-V2/V3) caches one
 compressed latent of kv_lora_rank values plus a shared RoPE key of rope_dim values per layer.
-`kv_bytes_per_token` is the repo's one definition: the model shapes (`common.model_shapes`), the
+`kv_bytes_per_token` is the repo's one definition: the model shapes (`common.model.model_shapes`), the
 memory calculator (chapter 3) and the KV stores (chapters 6 and 8) all call it.
 """
 from __future__ import annotations
