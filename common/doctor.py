@@ -9,6 +9,7 @@ import time
 
 import torch
 
+from .cpp_extension import build_all
 from .hardware.machine import cpu_flags, measure_peaks
 from .models import MODELS, is_cached
 
@@ -75,6 +76,8 @@ def main() -> int:
     print(f"{'ridge (bf16)':14s} {peaks.ridge_point('bfloat16'):8.1f} FLOP/byte")
     for name in MODELS:
         print(f"{'model ' + name:14s} {'cached' if is_cached(name) else 'not cached (make setup converts it)'}")
+    for what, ok in build_all().items():
+        print(f"{'C++ kernel':14s} {what}: {'built' if ok else 'unavailable (eager fallback)'}")
     print(f"{'import vllm':14s} {_imports('import vllm')}")
     radix = "from common.peers.sglang_radix import sglang_radix_module; sglang_radix_module().RadixCache"
     print(f"{'import sglang':14s} {_imports(radix)} (its RadixCache; the full engine needs CUDA)")

@@ -77,4 +77,5 @@ fi
 
 .venv/bin/python -m ipykernel install --sys-prefix --name llm-labs --display-name "Python (llm-labs)" >/dev/null
 .venv/bin/python -m common.models prepare
+.venv/bin/python -m common.cpp_extension     # the C++ CPU kernels, built once here rather than in a notebook
 echo "[setup] done in $(( $(date +%s) - start )) s"

@@ -95,3 +95,27 @@ def test_bad_inputs_are_refused_clearly(rng):
         if decode_kernel_available():
             with pytest.raises(ValueError):
                 paged_decode_attention(*args, 0.125)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_store_plans_the_kernel_or_the_gather_path_with_equal_results(dtype, monkeypatch, rng):
+    """`HeadMajorKVStore.plan_decode` picks the kernel on CPU when it is built, else gather + matmuls (what
+    a machine without a compiler, or CUDA, runs); both give the same attention."""
+    import common.paged.kv_store as kv_store
+    from common.models import load_model
+    from common.paged.decode_attention import GatherDecode, KernelDecode
+
+    config = load_model("tiny").config
+    store = kv_store.HeadMajorKVStore(config, 24, 8, dtype)
+    for cache in (*store.k_cache, *store.v_cache):
+        cache.copy_(torch.randn(cache.shape, generator=rng))
+    tables, lengths = [[3, 7, 1], [0], [12, 5]], [20, 2, 16]
+    q = torch.randn(config.num_attention_heads, 3, config.head_dim, generator=rng).to(dtype)
+    plans = {}
+    for available in (True, False):
+        monkeypatch.setattr(kv_store, "decode_kernel_available", lambda: available)
+        plans[available] = store.plan_decode(tables, lengths)
+    assert isinstance(plans[False], GatherDecode)
+    assert isinstance(plans[True], KernelDecode) or not decode_kernel_available()
+    for layer in range(config.num_hidden_layers):
+        torch.testing.assert_close(plans[True](layer, q).float(), plans[False](layer, q).float(), **_tolerance(dtype))

@@ -21,11 +21,6 @@ import torch
 from ..cpp_extension import cpu_extension_available, load_cpu_extension
 
 CPP_SOURCE = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <cmath>
-#include <vector>
-
 using bf16 = at::BFloat16;
 static inline float f(bf16 x) { return static_cast<float>(x); }
 static inline bf16 r(float x) { return static_cast<bf16>(x); }   // round to nearest even, as eager bf16 ops do
@@ -86,7 +81,20 @@ void rope_(torch::Tensor qkv, torch::Tensor cos, torch::Tensor sin, int64_t rota
       const bf16* c = cp + (row % tokens) * head_dim; const bf16* s = sp + (row % tokens) * head_dim;
       for (int64_t h = 0; h < rotated_heads; ++h) {
         bf16* x = qp + row * width + h * head_dim;
-        for (int64_t i = 0; i < half; ++i) {
+        int64_t i = 0;
+#ifdef __AVX512F__
+        for (; half % 16 == 0 && i < half; i += 16) {
+          const __m512 x1 = load_bf16x16(x + i), x2 = load_bf16x16(x + i + half);
+          const __m512 c1 = load_bf16x16(c + i), c2 = load_bf16x16(c + i + half);
+          const __m512 s1 = load_bf16x16(s + i), s2 = load_bf16x16(s + i + half);
+          const __m512 lo = _mm512_add_ps(round_bf16(_mm512_mul_ps(x1, c1)),
+                                          round_bf16(_mm512_mul_ps(_mm512_sub_ps(_mm512_setzero_ps(), x2), s1)));
+          const __m512 hi = _mm512_add_ps(round_bf16(_mm512_mul_ps(x2, c2)), round_bf16(_mm512_mul_ps(x1, s2)));
+          store_bf16x16(x + i, lo);
+          store_bf16x16(x + i + half, hi);
+        }
+#endif
+        for (; i < half; ++i) {
           const float x1 = f(x[i]), x2 = f(x[i + half]);
           x[i] = r(f(r(x1 * f(c[i]))) + f(r(-x2 * f(s[i]))));
           x[i + half] = r(f(r(x2 * f(c[i + half]))) + f(r(x1 * f(s[i + half]))));
@@ -106,7 +114,16 @@ torch::Tensor silu_and_mul(torch::Tensor gate_up) {
   at::parallel_for(0, rows, 1, [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const bf16* g = gp + i * width; const bf16* u = g + inter; bf16* o = op + i * inter;
-      for (int64_t j = 0; j < inter; ++j) {
+      int64_t j = 0;
+#ifdef __AVX512F__
+      for (; j + 16 <= inter; j += 16) {
+        const __m512 x = load_bf16x16(g + j);
+        const __m512 e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), x));
+        const __m512 silu = _mm512_div_ps(x, _mm512_add_ps(_mm512_set1_ps(1.f), e));
+        store_bf16x16(o + j, _mm512_mul_ps(round_bf16(silu), load_bf16x16(u + j)));
+      }
+#endif
+      for (; j < inter; ++j) {
         const float x = f(g[j]);
         o[j] = r(f(r(x / (1.f + std::exp(-x)))) * f(u[j]));
       }
