@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 import logging
 import shutil
-from types import ModuleType
+
+import torch
 
 from .paths import CACHE_DIR
 
@@ -75,22 +76,39 @@ static inline __m512 exp16(__m512 x) {
 """
 
 
+NAMESPACE = "llm_labs_kernels"   # torch.ops.llm_labs_kernels.<op>
+
+
 @functools.cache
-def load_cpu_extension(name: str, source: str, functions: tuple[str, ...]) -> ModuleType:
-    """The compiled module exposing `functions` (built on the first call on a machine, then cached).
+def load_cpu_extension(name: str, source: str, schemas: tuple[tuple[str, str], ...]) -> None:
+    """Build (first call on a machine) or load the library `name` and register its C++ functions as torch ops.
+
+    schemas: (C++ function, op schema) pairs, e.g. ("rms_norm", "rms_norm(Tensor x, Tensor weight, float eps)
+    -> Tensor"). Registered with TORCH_LIBRARY_FRAGMENT, each becomes `torch.ops.llm_labs_kernels.<op>`: called
+    through the dispatcher like an aten op (about a microsecond), so torch.profiler shows it by name.
 
     本书无对应章节（工具）
     """
     from torch.utils.cpp_extension import load_inline
 
+    registrations = "\n".join(f'  m.def("{schema}", &{function});' for function, schema in schemas)
+    library = f"\nTORCH_LIBRARY_FRAGMENT({NAMESPACE}, m) {{\n{registrations}\n}}\n"
     build_dir = CACHE_DIR / "torch_extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    return load_inline(name=name, cpp_sources=PRELUDE + source, functions=list(functions), extra_cflags=CFLAGS,
-                       extra_ldflags=["-lgomp"], build_directory=str(build_dir))
+    load_inline(name=name, cpp_sources=PRELUDE + source + library, extra_cflags=CFLAGS, extra_ldflags=["-lgomp"],
+                build_directory=str(build_dir), is_python_module=False)
 
 
-def cpu_extension_available(name: str, source: str, functions: tuple[str, ...], fallback: str) -> bool:
-    """Whether the extension builds and loads here; if not, log once why and what runs instead (`fallback`).
+def kernel_ops():
+    """The namespace of the registered kernels (`torch.ops.llm_labs_kernels`).
+
+    本书无对应章节（工具）
+    """
+    return getattr(torch.ops, NAMESPACE)
+
+
+def cpu_extension_available(name: str, source: str, schemas: tuple[tuple[str, str], ...], fallback: str) -> bool:
+    """Whether the library builds and loads here; if not, log once why and what runs instead (`fallback`).
 
     本书无对应章节（工具）
     """
@@ -98,7 +116,7 @@ def cpu_extension_available(name: str, source: str, functions: tuple[str, ...], 
         logger.warning("no C++ compiler for %s: %s", name, fallback)
         return False
     try:
-        load_cpu_extension(name, source, functions)
+        load_cpu_extension(name, source, schemas)
     except Exception as exc:   # a broken toolchain must not stop the model: report it and use the eager path
         logger.warning("%s unavailable (%s): %s", name, exc, fallback)
         return False

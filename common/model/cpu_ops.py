@@ -10,7 +10,8 @@ op), so its output equals the eager layer's to the last bit except where a sum's
 statistic: at most one bf16 step, measured in tests/test_cpu_ops.py). Only bf16 CPU tensors take this path:
 fp32 runs keep the eager ops, so fp32 stays exact against transformers.
 
-Built once per machine by `common.cpp_extension.load_cpu_extension` (tens of seconds; then cached).
+Built once per machine by `common.cpp_extension.load_cpu_extension` (tens of seconds; then cached) and registered
+as torch ops (`torch.ops.llm_labs_kernels.rms_norm`, ...), so torch.profiler shows them by name.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import functools
 
 import torch
 
-from ..cpp_extension import cpu_extension_available, load_cpu_extension
+from ..cpp_extension import cpu_extension_available, kernel_ops, load_cpu_extension
 
 CPP_SOURCE = r"""
 using bf16 = at::BFloat16;
@@ -134,11 +135,18 @@ torch::Tensor silu_and_mul(torch::Tensor gate_up) {
 """
 
 
-FUNCTIONS = ("rms_norm", "add_rms_norm", "rope_", "silu_and_mul")
+SCHEMAS = (("rms_norm", "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor"),
+           ("add_rms_norm", "add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> Tensor[]"),
+           ("rope_", "rope_(Tensor(a!) qkv, Tensor cos, Tensor sin, int rotated_heads, int head_dim) -> ()"),
+           ("silu_and_mul", "silu_and_mul(Tensor gate_up) -> Tensor"))
 
 
-def _extension():
-    return load_cpu_extension("llm_labs_cpu_ops", CPP_SOURCE, FUNCTIONS)
+@functools.cache
+def _ops():
+    """The four ops as bound overloads (the fastest way to call a dispatcher op from Python)."""
+    load_cpu_extension("llm_labs_cpu_ops", CPP_SOURCE, SCHEMAS)
+    ops = kernel_ops()
+    return tuple(getattr(ops, name).default for name, _ in SCHEMAS)
 
 
 @functools.cache
@@ -147,16 +155,17 @@ def cpu_ops_available() -> bool:
 
     定义于 第11章 §11.7
     """
-    return cpu_extension_available("llm_labs_cpu_ops", CPP_SOURCE, FUNCTIONS, "layers run eager ops")
+    return cpu_extension_available("llm_labs_cpu_ops", CPP_SOURCE, SCHEMAS, "layers run eager ops")
 
 
 def use_cpu_ops(x: torch.Tensor) -> bool:
-    """Whether the fused kernels apply to this activation: bf16 on CPU, kernels built, not under autograd.
+    """Whether the fused kernels apply to this activation: bf16 on CPU, kernels built, not under autograd, not
+    being traced by torch.compile (inductor fuses these ops itself).
 
     定义于 第11章 §11.7
     """
     return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
-            and cpu_ops_available())
+            and not torch.compiler.is_compiling() and cpu_ops_available())
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -164,7 +173,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
     定义于 第11章 §11.7
     """
-    return _extension().rms_norm(x.contiguous(), weight, eps)
+    return _ops()[0](x.contiguous(), weight, eps)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
@@ -173,7 +182,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
 
     定义于 第11章 §11.7
     """
-    h, y = _extension().add_rms_norm(x.contiguous(), residual.contiguous(), weight, eps)
+    h, y = _ops()[1](x.contiguous(), residual.contiguous(), weight, eps)
     return h, y
 
 
@@ -183,7 +192,7 @@ def rope_(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotated_heads
 
     定义于 第11章 §11.7
     """
-    _extension().rope_(qkv, cos.contiguous(), sin.contiguous(), rotated_heads, head_dim)
+    _ops()[2](qkv, cos.contiguous(), sin.contiguous(), rotated_heads, head_dim)
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
@@ -191,4 +200,4 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
     定义于 第11章 §11.7
     """
-    return _extension().silu_and_mul(gate_up)
+    return _ops()[3](gate_up)

@@ -13,7 +13,8 @@ softmax over them, then the weighted sum of the V rows. Math is fp32 whatever th
 fp32), like the eager path's `.float()` scores.
 
 The kernel is built once per machine by `common.cpp_extension.load_cpu_extension` (tens of seconds; then
-cached) and registered as the custom op `torch.ops.llm_labs.paged_decode_attention`.
+cached) and registered as the torch op `torch.ops.llm_labs_kernels.paged_decode_attention` (torch.profiler
+shows it by name).
 `decode_kernel_available()` says whether this machine can use it (a CPU with a C++ compiler); elsewhere
 (CUDA, no compiler) the store uses gather + matmuls. Both are checked against SDPA in
 tests/test_paged_decode_attention.py.
@@ -24,7 +25,7 @@ import functools
 
 import torch
 
-from ..cpp_extension import cpu_extension_available, load_cpu_extension
+from ..cpp_extension import cpu_extension_available, kernel_ops, load_cpu_extension
 
 CPP_SOURCE = r"""
 static inline float dot(const float* a, const float* b, int64_t n) {
@@ -250,11 +251,15 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
     return torch.matmul(probs, values).transpose(1, 2).reshape(hq, batch, dim)
 
 
-FUNCTIONS = ("paged_decode_attention",)
+SCHEMAS = (("paged_decode_attention", "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, "
+                                      "Tensor block_tables, Tensor lengths, float scale) -> Tensor"),)
 
 
-def _extension():
-    return load_cpu_extension("llm_labs_paged_decode", CPP_SOURCE, FUNCTIONS)
+@functools.cache
+def _kernel():
+    """The op as a bound overload (`torch.ops.llm_labs_kernels.paged_decode_attention.default`)."""
+    load_cpu_extension("llm_labs_paged_decode", CPP_SOURCE, SCHEMAS)
+    return kernel_ops().paged_decode_attention.default
 
 
 @functools.cache
@@ -263,7 +268,7 @@ def decode_kernel_available() -> bool:
 
     定义于 第6章 §6.3.2
     """
-    return cpu_extension_available("llm_labs_paged_decode", CPP_SOURCE, FUNCTIONS, "decode uses gather + matmuls")
+    return cpu_extension_available("llm_labs_paged_decode", CPP_SOURCE, SCHEMAS, "decode uses gather + matmuls")
 
 
 def check_decode_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -295,28 +300,19 @@ def check_decode_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
         raise ValueError(f"block ids must be in [0, {num_blocks})")
 
 
-@torch.library.custom_op("llm_labs::paged_decode_attention", mutates_args=())
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                           block_tables: torch.Tensor, lengths: torch.Tensor, scale: float,
-                           checked: bool = True) -> torch.Tensor:
+                           block_tables: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
     """One query token per sequence over its paged K/V: [Hq, B, D] in q's dtype (CPU, bf16 or fp32).
 
     q [Hq, B, D]; k_cache/v_cache [Hkv, num_blocks, block_size, D], one layer of a head-major store;
     block_tables [B, M] int32 (padding entries past a sequence's length are never read); lengths [B]
-    int32. checked=False skips `check_decode_inputs` (the engine's hot path, whose tables it built itself).
+    int32. The inputs are checked (`check_decode_inputs`); the engine's hot path (`KernelDecode`, whose
+    tables it built itself) calls the op directly.
 
     定义于 第6章 §6.3.2
     """
-    if checked:
-        check_decode_inputs(q, k_cache, v_cache, block_tables, lengths)
-    return _extension().paged_decode_attention(q, k_cache, v_cache, block_tables, lengths, scale)
-
-
-@paged_decode_attention.register_fake
-def _paged_decode_attention_fake(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                                 block_tables: torch.Tensor, lengths: torch.Tensor, scale: float,
-                                 checked: bool = True) -> torch.Tensor:
-    return torch.empty_like(q)
+    check_decode_inputs(q, k_cache, v_cache, block_tables, lengths)
+    return _kernel()(q, k_cache, v_cache, block_tables, lengths, scale)
 
 
 class GatherDecode:
@@ -354,7 +350,5 @@ class KernelDecode:
         self.lengths = torch.tensor(lengths, dtype=torch.int32)
 
     def __call__(self, layer: int, q: torch.Tensor) -> torch.Tensor:
-        # the compiled function itself: the custom op's Python dispatch would cost ~8 us per layer at batch 1
         store = self.store
-        return _extension().paged_decode_attention(q, store.k_cache[layer], store.v_cache[layer], self.tables,
-                                                   self.lengths, self.scale)
+        return _kernel()(q, store.k_cache[layer], store.v_cache[layer], self.tables, self.lengths, self.scale)
