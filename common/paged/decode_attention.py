@@ -26,6 +26,7 @@ import functools
 import torch
 
 from ..cpp_extension import cpu_extension_available, kernel_ops, load_cpu_extension
+from .paged_attention import check_paged_inputs
 
 CPP_SOURCE = r"""
 static inline float dot(const float* a, const float* b, int64_t n) {
@@ -277,25 +278,17 @@ def check_decode_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
     定义于 第6章 §6.3.2
     """
-    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"need q [Hq, B, D] and K/V caches [Hkv, blocks, block_size, D], got q {tuple(q.shape)}, "
-                         f"k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)}")
-    hq, batch, dim = q.shape
-    hkv, num_blocks, block_size, cache_dim = k_cache.shape
-    if cache_dim != dim or hq % hkv:
-        raise ValueError(f"head_dim {dim} vs cache {cache_dim}; {hq} query heads must be a multiple of {hkv} kv heads")
+    # the shapes and lengths are chapter 6's checks, on block-major views of the head-major caches
+    check_paged_inputs(q.transpose(0, 1), k_cache.permute(1, 2, 0, 3), v_cache.permute(1, 2, 0, 3), block_tables,
+                       lengths)
+    num_blocks = k_cache.shape[1]
     if q.dtype not in SUPPORTED_DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
         raise ValueError(f"q and the caches must share one dtype of {SUPPORTED_DTYPES}, got {q.dtype}, "
                          f"{k_cache.dtype}, {v_cache.dtype}")
     if not (k_cache.is_contiguous() and v_cache.is_contiguous()) or q.device.type != "cpu":
         raise ValueError("the kernel reads contiguous CPU caches")
-    if block_tables.shape[0] != batch or lengths.shape != (batch,):
-        raise ValueError(f"{batch} queries need block_tables [{batch}, M] and lengths [{batch}], got "
-                         f"{tuple(block_tables.shape)}, {tuple(lengths.shape)}")
     if block_tables.dtype != torch.int32 or lengths.dtype != torch.int32:
         raise ValueError("block_tables and lengths must be int32")
-    if batch and (lengths.min() < 1 or lengths.max() > block_tables.shape[1] * block_size):
-        raise ValueError(f"lengths must be in [1, {block_tables.shape[1] * block_size}] (the table's capacity)")
     if block_tables.numel() and (block_tables.min() < 0 or block_tables.max() >= num_blocks):
         raise ValueError(f"block ids must be in [0, {num_blocks})")
 
@@ -305,7 +298,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     """One query token per sequence over its paged K/V: [Hq, B, D] in q's dtype (CPU, bf16 or fp32).
 
     q [Hq, B, D]; k_cache/v_cache [Hkv, num_blocks, block_size, D], one layer of a head-major store;
-    block_tables [B, M] int32 (padding entries past a sequence's length are never read); lengths [B]
+    block_tables [B, M] int32 (entries past a sequence's length must be valid ids and are never read); lengths [B]
     int32. The inputs are checked (`check_decode_inputs`); the engine's hot path (`KernelDecode`, whose
     tables it built itself) calls the op directly.
 
