@@ -308,6 +308,16 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     return _kernel()(q, k_cache, v_cache, block_tables, lengths, scale)
 
 
+def padded_tables(tables: list[list[int]], dtype: torch.dtype = torch.long,
+                  device: str | torch.device = "cpu") -> torch.Tensor:
+    """Block tables as one [B, max blocks] tensor, short rows padded with block 0 (never read past a length).
+
+    定义于 第6章 §6.3.2
+    """
+    width = max(len(t) for t in tables)
+    return torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=dtype, device=device)
+
+
 class GatherDecode:
     """A step's decode attention by gather + two matmuls: works with any store that has `gather_rows`
     (the INT8 store dequantizes while gathering) on any device. Built once per step, called per layer.
@@ -318,11 +328,11 @@ class GatherDecode:
     def __init__(self, store, tables: list[list[int]], lengths: list[int],
                  buffers: tuple[torch.Tensor, torch.Tensor]) -> None:
         device, bs = store.k_cache[0].device, store.block_size
-        width = max(len(t) for t in tables)
-        padded = torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device)
+        padded = padded_tables(tables, device=device)
         self.store, self.batch, self.buffers = store, len(tables), buffers
         self.rows = store.block_rows(padded)
-        self.valid = torch.arange(width * bs, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+        self.valid = (torch.arange(padded.shape[1] * bs, device=device)[None, :]
+                      < torch.tensor(lengths, device=device)[:, None])
 
     def __call__(self, layer: int, q: torch.Tensor) -> torch.Tensor:
         k, v = self.store.gather_rows(layer, self.rows, self.buffers)
@@ -337,9 +347,8 @@ class KernelDecode:
     """
 
     def __init__(self, store, tables: list[list[int]], lengths: list[int]) -> None:
-        width = max(len(t) for t in tables)
         self.store, self.scale = store, store.config.head_dim ** -0.5
-        self.tables = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.int32)
+        self.tables = padded_tables(tables, torch.int32)
         self.lengths = torch.tensor(lengths, dtype=torch.int32)
 
     def __call__(self, layer: int, q: torch.Tensor) -> torch.Tensor:
