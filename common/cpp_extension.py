@@ -62,6 +62,20 @@ static inline void store_bf16x16(at::BFloat16* p, __m512 v) { _mm256_storeu_si25
 static inline __m512 round_bf16(__m512 v) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bf16_bits(v)), 16));
 }
+// Sums of 16 vectors at once: r[j] = sum of s[j]'s 16 floats, by a shuffle tree (46 instructions instead of 16
+// separate horizontal reductions). Vectors past `n` must be zero.
+static inline __m512 hsum16(const __m512* s) {
+  __m512 u[8], w[4];
+  for (int j = 0; j < 8; ++j)    // lanes 0-1: partial sums of s[j]; lanes 2-3: of s[j + 8]
+    u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(s[j], s[j + 8], 0x44), _mm512_shuffle_f32x4(s[j], s[j + 8], 0xEE));
+  for (int j = 0; j < 4; ++j)    // lane 0: s[j], lane 1: s[j + 8], lane 2: s[j + 4], lane 3: s[j + 12]
+    w[j] = _mm512_add_ps(_mm512_shuffle_f32x4(u[j], u[j + 4], 0x88), _mm512_shuffle_f32x4(u[j], u[j + 4], 0xDD));
+  __m512 x0 = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
+  __m512 x1 = _mm512_add_ps(_mm512_unpacklo_ps(w[2], w[3]), _mm512_unpackhi_ps(w[2], w[3]));
+  __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x0), _mm512_castps_pd(x1))),
+                           _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x0), _mm512_castps_pd(x1))));
+  return _mm512_shuffle_f32x4(y, y, 0xD8);   // lanes (0, 2, 1, 3): r[0..3], r[4..7], r[8..11], r[12..15]
+}
 // exp(x) = 2^k * 2^f with k = round(x / ln 2): a degree-6 polynomial for 2^f on [-0.5, 0.5] (rel. error ~1e-7)
 static inline __m512 exp16(__m512 x) {
   const float c[7] = {1.f, 0.6931471806f, 0.2402265070f, 0.0555041087f, 0.0096181291f, 0.0013333558f, 0.0001540353f};
@@ -129,9 +143,11 @@ def build_all() -> dict[str, bool]:
     本书无对应章节（工具）
     """
     from .model.cpu_ops import cpu_ops_available
+    from .model.gemv import gemv_available
     from .paged.decode_attention import decode_kernel_available
 
     return {"fused layer kernels (common.model.cpu_ops)": cpu_ops_available(),
+            "bf16 GEMV for batch-1/2 linears (common.model.gemv)": gemv_available(),
             "paged decode attention (common.paged.decode_attention)": decode_kernel_available()}
 
 

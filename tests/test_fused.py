@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from common.engine import LLM, SamplingParams
 from common.model.fused import PrepackedLinear, can_prepack, pack_state_dict
@@ -134,3 +135,16 @@ def test_prepacked_copy_follows_in_place_weight_edits(rng):
                                                                  generator=rng).bfloat16())
         assert mlp(x).abs().max().item() == 0
     assert (after.float() - before.float()).abs().max().item() > 1e-2
+
+
+def test_prepacked_copy_follows_a_swapped_data_tensor(rng):
+    """`weight.data = other` (a common idiom) leaves the version counter alone: the next call still uses `other`,
+    on the oneDNN path (3 rows) and the GEMV path (1 row) alike."""
+    linear = PrepackedLinear(64, 48).bfloat16()
+    new = torch.randn(48, 64, generator=rng).bfloat16()
+    linear.weight.data = new
+    with torch.inference_mode():
+        for rows in (1, 3):
+            x = torch.randn(rows, 64, generator=rng).bfloat16()
+            torch.testing.assert_close(linear(x), F.linear(x, new), rtol=2 ** -7, atol=1e-2)
+

@@ -110,12 +110,22 @@ def test_store_plans_the_kernel_or_the_gather_path_with_equal_results(dtype, mon
     for cache in (*store.k_cache, *store.v_cache):
         cache.copy_(torch.randn(cache.shape, generator=rng))
     tables, lengths = [[3, 7, 1], [0], [12, 5]], [20, 2, 16]
+    slots = [table[(n - 1) // 8] * 8 + (n - 1) % 8 for table, n in zip(tables, lengths)]   # each new token's slot
     q = torch.randn(config.num_attention_heads, 3, config.head_dim, generator=rng).to(dtype)
+    # the new K/V as the model hands them over: [Hkv, B, D] views with a token stride (not contiguous)
+    packed = torch.randn(3, 2, config.num_key_value_heads, config.head_dim, generator=rng).to(dtype)
+    k, v = packed[:, 0].transpose(0, 1), packed[:, 1].transpose(0, 1)
     plans = {}
     for available in (True, False):
         monkeypatch.setattr(kv_store, "decode_kernel_available", lambda: available)
-        plans[available] = store.plan_decode(tables, lengths)
+        plans[available] = store.plan_decode(tables, lengths, slots)
     assert isinstance(plans[False], GatherDecode)
     assert isinstance(plans[True], KernelDecode) or not decode_kernel_available()
     for layer in range(config.num_hidden_layers):
-        torch.testing.assert_close(plans[True](layer, q).float(), plans[False](layer, q).float(), **_tolerance(dtype))
+        outputs = {}
+        for available, plan in plans.items():
+            outputs[available] = plan(layer, q, k, v).float()
+            for cache, new in ((store.k_cache[layer], k), (store.v_cache[layer], v)):   # the plan wrote the rows
+                written = cache.view(config.num_key_value_heads, -1, config.head_dim)[:, slots]
+                assert torch.equal(written, new)
+        torch.testing.assert_close(outputs[True], outputs[False], **_tolerance(dtype))

@@ -6,11 +6,11 @@ prefill chunks. Attention is the only place sequences must stay apart; `PagedBat
 (the model's cache interface) writes each token's K/V into the paged store through its slot and
 attends per sequence:
 
-* decodes (first `num_decode` tokens): the store's decode attention for the whole group (on CPU a C++
-  kernel reading the pages in place, else one batched gather and two matmuls, see
-  common.paged.decode_attention) — no Python loop over requests;
-* prefill chunks: cached prefix + new tokens of each chunk, causal (a loop over the few
-  prefills of the step).
+* decodes (first `num_decode` tokens): the store's decode plan writes their K/V and attends for the whole
+  group (on CPU one C++ call per layer reading the pages in place, else a write, one batched gather and two
+  matmuls, see common.paged.decode_attention) — no Python loop over requests;
+* prefill chunks: the runner writes their K/V, then each chunk attends over its cached prefix + new tokens,
+  causal (a loop over the few prefills of the step).
 
 Everything that depends only on the batch (the store's write and gather indices, masks) is built
 once per step, not once per layer. The runner talks to any `KVStore` (common.paged.kv_store) the
@@ -49,9 +49,9 @@ class BatchMetadata:
     """
     input_ids: torch.Tensor         # [1, T]
     positions: torch.Tensor         # [T]
-    slot_rows: torch.Tensor         # store.slot_rows of each token's slot (block * block_size + offset)
+    slot_rows: torch.Tensor         # store.slot_rows of each prefill token's slot (block * block_size + offset)
     num_decode: int
-    decode: DecodeAttention | None  # the decodes' attention (store.plan_decode), None when the step has none
+    decode: DecodeAttention | None  # the decodes' K/V write and attention (store.plan_decode), None if no decodes
     prefills: list[PrefillChunk]
     sample_rows: torch.Tensor       # rows of the flat batch whose logits are sampled
     sample_seqs: list[Sequence]
@@ -77,12 +77,13 @@ class PagedBatchAttention:
         pass
 
     def attend(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        meta = self.meta
-        self.store.write_rows(layer_idx, meta.slot_rows, k[0], v[0])
+        meta, nd = self.meta, self.meta.num_decode
+        if not meta.prefills:   # a decode-only step: the decode plan writes the new K/V and attends, one call
+            return meta.decode(layer_idx, q[0], k[0], v[0])[None]
+        self.store.write_rows(layer_idx, meta.slot_rows, k[0, :, nd:], v[0, :, nd:])
         out = torch.empty_like(q)
-        nd = meta.num_decode
         if nd:
-            out[0, :, :nd] = meta.decode(layer_idx, q[0, :, :nd])
+            out[0, :, :nd] = meta.decode(layer_idx, q[0, :, :nd], k[0, :, :nd], v[0, :, :nd])
         for chunk in meta.prefills:
             end = chunk.start + chunk.length
             keys, values = self.store.gather_rows(layer_idx, chunk.rows)
@@ -112,7 +113,8 @@ class ModelRunner:
         bs, dev, store = self.block_size, self.device, self.store
         ids: list[int] = []
         positions: list[int] = []
-        slots: list[int] = []
+        slots: list[int] = []          # prefill tokens' (the runner writes their K/V)
+        decode_slots: list[int] = []   # decode tokens' (the decode plan writes their K/V)
         tables: list[list[int]] = []
         lengths: list[int] = []
         prefills: list[PrefillChunk] = []
@@ -124,19 +126,21 @@ class ModelRunner:
             offset = len(ids)
             ids.extend(seq.tokens[start:end])
             positions.extend(range(start, end))
-            slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
+            token_slots = [table[p // bs] * bs + p % bs for p in range(start, end)]
             if i < num_decode:
                 tables.append(table)
                 lengths.append(end)
+                decode_slots.extend(token_slots)
             else:
+                slots.extend(token_slots)
                 blocks = torch.tensor(table[:(end + bs - 1) // bs], device=dev)
                 prefills.append(PrefillChunk(offset, n, store.block_rows(blocks), end, causal_mask(n, end, device=dev)))
             if end == seq.num_tokens:
                 sample_rows.append(len(ids) - 1)
                 sample_seqs.append(seq)
         return BatchMetadata(torch.tensor([ids], device=dev), torch.tensor(positions, device=dev),
-                             store.slot_rows(torch.tensor(slots, device=dev)), num_decode,
-                             store.plan_decode(tables, lengths) if tables else None, prefills,
+                             store.slot_rows(torch.tensor(slots, dtype=torch.long, device=dev)), num_decode,
+                             store.plan_decode(tables, lengths, decode_slots) if tables else None, prefills,
                              torch.tensor(sample_rows, dtype=torch.long, device=dev), sample_seqs)
 
     @torch.inference_mode()

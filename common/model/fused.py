@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gemv import GEMV_MAX_ROWS, gemv, gemv_available
+
 # packed module -> the checkpoint modules whose weights it holds, in row order
 PACKED_MODULES: dict[str, tuple[str, ...]] = {
     "qkv_proj": ("q_proj", "k_proj", "v_proj"),
@@ -42,11 +44,12 @@ def can_prepack(weight: torch.Tensor) -> bool:
 
 
 class PrepackedLinear(nn.Linear):
-    """An nn.Linear that, after `prepack()`, multiplies by a oneDNN-blocked copy of its bf16 CPU weight.
+    """An nn.Linear that, after `prepack()`, multiplies by a oneDNN-blocked copy of its bf16 CPU weight, or at
+    one or two rows (batch-1/2 decode) by the plain weight through the bf16 GEMV kernel (common.model.gemv).
 
     `weight` stays the ordinary dense parameter (state_dict, quantization and fp32/GPU use it); the copy is
     derived state, never stale: replacing the module (e.g. by a quantized one) drops it, `.to()` rebuilds it,
-    and an in-place edit of `weight` (its version counter moves) rebuilds it at the next call.
+    and an in-place edit of `weight` (its version counter moves) or a swap of its `.data` rebuilds it at the next call.
 
     定义于 第11章 §11.7
     """
@@ -54,7 +57,9 @@ class PrepackedLinear(nn.Linear):
     def __init__(self, in_features: int, out_features: int, bias: bool = False, **factory: Any) -> None:
         super().__init__(in_features, out_features, bias=bias, **factory)
         self.packed_weight: torch.Tensor | None = None
-        self.packed_from: tuple[torch.Tensor, int] | None = None   # (the weight, its version) the copy was made from
+        # (the weight, its version, its storage address) the copy was made from
+        self.packed_from: tuple[torch.Tensor, int, int] | None = None
+        self.gemv_max_numel = 0   # inputs up to this many elements (GEMV_MAX_ROWS rows) take the bf16 GEMV kernel
 
     @torch.no_grad()
     def prepack(self) -> None:
@@ -63,18 +68,25 @@ class PrepackedLinear(nn.Linear):
         # 64 is a batch-size hint only: oneDNN picks the blocked layout for this M, any M runs
         self.packed_weight = (torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 64)
                               if can_prepack(weight) else None)
+        small_batch_kernel = (self.packed_weight is not None and self.bias is None and weight.is_contiguous()
+                              and gemv_available())
+        self.gemv_max_numel = GEMV_MAX_ROWS * self.in_features if small_batch_kernel else 0
         # inference tensors keep no version counter (and cannot be edited outside inference mode)
-        self.packed_from = (weight, -1 if weight.is_inference() else weight._version)
+        self.packed_from = (weight, -1 if weight.is_inference() else weight._version, weight.data_ptr())
 
     def _packed_is_current(self) -> bool:
-        weight, version = self.packed_from
+        weight, version, address = self.packed_from
         current = self._parameters["weight"]   # not self.weight: nn.Module.__getattr__ is slow on the hot path
-        return current is weight and (version == -1 or current._version == version)
+        # `weight.data = other` swaps the storage without moving the version counter: the address catches it
+        return (current is weight and (version == -1 or current._version == version)
+                and current.data_ptr() == address)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed_weight is not None:
             if not self._packed_is_current():   # weight replaced or edited in place since prepack
                 self.prepack()
+            if x.numel() <= self.gemv_max_numel:   # batch 1-2 decode: stream the plain weight once (common.model.gemv)
+                return gemv(x, self._parameters["weight"])
             return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
         return F.linear(x, self.weight, self.bias)
 

@@ -61,21 +61,6 @@ static inline float exp_shifted(float* x, int64_t n, float shift) {
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #define LLM_LABS_BF16_D64 1
-// Sums of 16 vectors at once: r[j] = sum of s[j]'s 16 floats, by a shuffle tree (46 instructions instead of 16
-// separate horizontal reductions). Vectors past `n` must be zero.
-static inline __m512 hsum16(const __m512* s) {
-  __m512 u[8], w[4];
-  for (int j = 0; j < 8; ++j)    // lanes 0-1: partial sums of s[j]; lanes 2-3: of s[j + 8]
-    u[j] = _mm512_add_ps(_mm512_shuffle_f32x4(s[j], s[j + 8], 0x44), _mm512_shuffle_f32x4(s[j], s[j + 8], 0xEE));
-  for (int j = 0; j < 4; ++j)    // lane 0: s[j], lane 1: s[j + 8], lane 2: s[j + 4], lane 3: s[j + 12]
-    w[j] = _mm512_add_ps(_mm512_shuffle_f32x4(u[j], u[j + 4], 0x88), _mm512_shuffle_f32x4(u[j], u[j + 4], 0xDD));
-  __m512 x0 = _mm512_add_ps(_mm512_unpacklo_ps(w[0], w[1]), _mm512_unpackhi_ps(w[0], w[1]));
-  __m512 x1 = _mm512_add_ps(_mm512_unpacklo_ps(w[2], w[3]), _mm512_unpackhi_ps(w[2], w[3]));
-  __m512 y = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x0), _mm512_castps_pd(x1))),
-                           _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x0), _mm512_castps_pd(x1))));
-  return _mm512_shuffle_f32x4(y, y, 0xD8);   // lanes (0, 2, 1, 3): r[0..3], r[4..7], r[8..11], r[12..15]
-}
-
 // One (kv head, sequence) item for bf16 pages with head_dim 64: q·k with the bf16 dot-product instruction
 // (exact products, fp32 sums), 16 tokens per reduction tree; p·v in fp32 with the accumulators in registers.
 static void item_bf16_d64(const at::BFloat16* q, int64_t q_stride, int64_t group, const at::BFloat16* k_head,
@@ -208,6 +193,19 @@ void decode_kernel(const T* q, const T* kc, const T* vc, const int32_t* tables, 
   });
 }
 
+// Store each sequence's new k/v row [Hkv, B, D] (any strides) at its flat slot (block * block_size + offset) of
+// the head-major caches: vLLM's reshape_and_cache, done in the attention call that reads it next.
+template <typename T>
+static void write_new_rows(const torch::Tensor& src, torch::Tensor& cache, const int64_t* slots) {
+  const int64_t hkv = src.size(0), batch = src.size(1), dim = src.size(2);
+  const int64_t per_head = cache.size(1) * cache.size(2);
+  const T* s = src.template data_ptr<T>();
+  T* c = cache.template data_ptr<T>();
+  for (int64_t h = 0; h < hkv; ++h)
+    for (int64_t b = 0; b < batch; ++b)
+      std::memcpy(c + (h * per_head + slots[b]) * dim, s + h * src.stride(0) + b * src.stride(1), dim * sizeof(T));
+}
+
 torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, torch::Tensor v_cache,
                                      torch::Tensor block_tables, torch::Tensor lengths, double scale) {
   auto qc = q.contiguous();
@@ -228,6 +226,23 @@ torch::Tensor paged_decode_attention(torch::Tensor q, torch::Tensor k_cache, tor
                          dim, num_blocks, block_size, max_blocks, static_cast<float>(scale));
   }
   return out;
+}
+
+// The decode step of one layer: write the B new k/v rows at `slots`, then attend (the rows just written included).
+torch::Tensor paged_decode_write_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v, torch::Tensor k_cache,
+                                           torch::Tensor v_cache, torch::Tensor slots, torch::Tensor block_tables,
+                                           torch::Tensor lengths, double scale) {
+  TORCH_CHECK(k.sizes() == v.sizes() && k.dim() == 3 && k.size(0) == k_cache.size(0) && k.size(1) == q.size(1) &&
+              k.size(2) == k_cache.size(3) && k.stride(2) == 1 && v.stride(2) == 1 && slots.numel() == k.size(1) &&
+              k.scalar_type() == k_cache.scalar_type() && v.scalar_type() == k_cache.scalar_type() &&
+              slots.scalar_type() == torch::kLong && slots.is_contiguous(),
+              "k, v [Hkv, B, D] in the caches' dtype and slots [B] int64 must match q and the caches");
+  const int64_t* slot = slots.data_ptr<int64_t>();
+  for (auto [src, cache] : {std::pair{k, k_cache}, std::pair{v, v_cache}}) {
+    if (cache.scalar_type() == torch::kBFloat16) write_new_rows<at::BFloat16>(src, cache, slot);
+    else write_new_rows<float>(src, cache, slot);
+  }
+  return paged_decode_attention(q, k_cache, v_cache, block_tables, lengths, scale);
 }
 """
 
@@ -253,14 +268,18 @@ def decode_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, 
 
 
 SCHEMAS = (("paged_decode_attention", "paged_decode_attention(Tensor q, Tensor k_cache, Tensor v_cache, "
-                                      "Tensor block_tables, Tensor lengths, float scale) -> Tensor"),)
+                                      "Tensor block_tables, Tensor lengths, float scale) -> Tensor"),
+           ("paged_decode_write_attention", "paged_decode_write_attention(Tensor q, Tensor k, Tensor v, "
+                                            "Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor slots, "
+                                            "Tensor block_tables, Tensor lengths, float scale) -> Tensor"))
 
 
 @functools.cache
-def _kernel():
-    """The op as a bound overload (`torch.ops.llm_labs_kernels.paged_decode_attention.default`)."""
+def _kernels():
+    """The two ops as bound overloads (`torch.ops.llm_labs_kernels.paged_decode_attention.default`, ...)."""
     load_cpu_extension("llm_labs_paged_decode", CPP_SOURCE, SCHEMAS)
-    return kernel_ops().paged_decode_attention.default
+    ops = kernel_ops()
+    return ops.paged_decode_attention.default, ops.paged_decode_write_attention.default
 
 
 @functools.cache
@@ -305,7 +324,7 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
     定义于 第6章 §6.3.2
     """
     check_decode_inputs(q, k_cache, v_cache, block_tables, lengths)
-    return _kernel()(q, k_cache, v_cache, block_tables, lengths, scale)
+    return _kernels()[0](q, k_cache, v_cache, block_tables, lengths, scale)
 
 
 def padded_tables(tables: list[list[int]], dtype: torch.dtype = torch.long,
@@ -319,38 +338,44 @@ def padded_tables(tables: list[list[int]], dtype: torch.dtype = torch.long,
 
 
 class GatherDecode:
-    """A step's decode attention by gather + two matmuls: works with any store that has `gather_rows`
-    (the INT8 store dequantizes while gathering) on any device. Built once per step, called per layer.
+    """A step's decode attention by gather + two matmuls: works with any store that has `write_rows` and
+    `gather_rows` (the INT8 store quantizes while writing and dequantizes while gathering) on any device. Built once
+    per step, called per layer: writes the decode tokens' new K/V, then attends.
 
     定义于 第6章 §6.3.2
     """
 
-    def __init__(self, store, tables: list[list[int]], lengths: list[int],
+    def __init__(self, store, tables: list[list[int]], lengths: list[int], slots: list[int],
                  buffers: tuple[torch.Tensor, torch.Tensor]) -> None:
         device, bs = store.k_cache[0].device, store.block_size
         padded = padded_tables(tables, device=device)
         self.store, self.batch, self.buffers = store, len(tables), buffers
+        self.slot_rows = store.slot_rows(torch.tensor(slots, device=device))
         self.rows = store.block_rows(padded)
         self.valid = (torch.arange(padded.shape[1] * bs, device=device)[None, :]
                       < torch.tensor(lengths, device=device)[:, None])
 
-    def __call__(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        self.store.write_rows(layer, self.slot_rows, k, v)
         k, v = self.store.gather_rows(layer, self.rows, self.buffers)
         keys, values = k.view(k.shape[0], self.batch, -1, k.shape[-1]), v.view(v.shape[0], self.batch, -1, v.shape[-1])
         return decode_attention(q, keys, values, self.valid)
 
 
 class KernelDecode:
-    """A step's decode attention by `paged_decode_attention`, reading the head-major pages in place (CPU).
+    """A step's decode attention by `paged_decode_write_attention`: one C++ call per layer writes the decode tokens'
+    K/V into the head-major pages and attends over them in place (CPU).
 
     定义于 第6章 §6.3.2
     """
 
-    def __init__(self, store, tables: list[list[int]], lengths: list[int]) -> None:
+    def __init__(self, store, tables: list[list[int]], lengths: list[int], slots: list[int]) -> None:
         self.store, self.scale = store, store.config.head_dim ** -0.5
         self.tables = padded_tables(tables, torch.int32)
         self.lengths = torch.tensor(lengths, dtype=torch.int32)
+        self.slots = torch.tensor(slots, dtype=torch.long)
 
-    def __call__(self, layer: int, q: torch.Tensor) -> torch.Tensor:
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         store = self.store
-        return _kernel()(q, store.k_cache[layer], store.v_cache[layer], self.tables, self.lengths, self.scale)
+        return _kernels()[1](q, k, v, store.k_cache[layer], store.v_cache[layer], self.slots, self.tables,
+                             self.lengths, self.scale)

@@ -17,17 +17,19 @@ from ..model.kv_math import kv_bytes_per_token
 from ..model.llama import LlamaConfig
 from .decode_attention import SUPPORTED_DTYPES, GatherDecode, KernelDecode, decode_kernel_available
 
-# layer, q [Hq, B, D] -> attention output [Hq, B, D] of one query token per sequence
-DecodeAttention = Callable[[int, torch.Tensor], torch.Tensor]
+# layer, q [Hq, B, D], the new k and v [Hkv, B, D] -> attention output [Hq, B, D] of one query token per sequence
+# (the plan stores k and v at the decode tokens' slots first)
+DecodeAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 class KVStore(Protocol):
     """The paged KV store as the engine's runner uses it (one per `kv_cache_dtype`).
 
     Indices are built once per step (`slot_rows`, `block_rows`, `plan_decode`) and reused by every layer;
-    `write_rows` stores the step's new K/V, `gather_rows` returns a batch's pages in `dtype` in the
+    `write_rows` stores new K/V (the prefill tokens'), `gather_rows` returns a batch's pages in `dtype` in the
     [kv_heads, tokens, head_dim] layout the attention matmuls read, and `plan_decode` returns the step's
-    decode attention (the store picks how: a kernel over its own pages, or gather + matmuls). A store sizes itself:
+    decode attention, which also stores the decode tokens' K/V (the store picks how: a kernel over its own
+    pages, or write + gather + matmuls). A store sizes itself:
     `num_blocks_for_memory` divides a byte budget by its own `bytes_per_token` × block_size.
 
     定义于 第6章 §6.3.2
@@ -56,7 +58,7 @@ class KVStore(Protocol):
     def gather_rows(self, layer: int, rows: torch.Tensor,
                     out: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]: ...
 
-    def plan_decode(self, tables: list[list[int]], lengths: list[int]) -> DecodeAttention: ...
+    def plan_decode(self, tables: list[list[int]], lengths: list[int], slots: list[int]) -> DecodeAttention: ...
 
     def copy_blocks(self, pairs: Iterable[tuple[int, int]]) -> None: ...
 
@@ -198,21 +200,22 @@ class HeadMajorKVStore(PagedKVStore):
         return tuple(torch.index_select(c.view(-1, self.block_size, dim), 0, rows, out=o).view(heads, -1, dim)
                      for c, o in zip(caches, out))
 
-    def plan_decode(self, tables: list[list[int]], lengths: list[int]) -> DecodeAttention:
-        """This step's decode attention for sequences with these block tables and lengths (the new token included).
+    def plan_decode(self, tables: list[list[int]], lengths: list[int], slots: list[int]) -> DecodeAttention:
+        """This step's decode attention for sequences with these block tables and lengths (the new token included),
+        whose new K/V go to these flat slots (block * block_size + offset).
 
         On CPU with a bf16/fp32 store and the C++ kernel available: `KernelDecode` reads the pages in place.
         Otherwise `GatherDecode` (gather + matmuls) through two buffers the store keeps across steps."""
         if self.k_cache[0].device.type == "cpu" and self.dtype in SUPPORTED_DTYPES and self.dtype == \
                 self.k_cache[0].dtype and decode_kernel_available():
-            return KernelDecode(self, tables, lengths)
+            return KernelDecode(self, tables, lengths, slots)
         shape = (self.config.num_key_value_heads * len(tables) * max(len(t) for t in tables), self.block_size,
                  self.config.head_dim)
         buffers = self._decode_buffers
         if buffers is None or buffers[0].shape != shape:
             buffers = self._decode_buffers = tuple(torch.empty(shape, dtype=self.dtype, device=self.k_cache[0].device)
                                                    for _ in range(2))
-        return GatherDecode(self, tables, lengths, buffers)
+        return GatherDecode(self, tables, lengths, slots, buffers)
 
     def gather(self, layer: int, blocks: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """Parent layout [*blocks.shape, block_size, kv_heads, head_dim]."""
