@@ -2,10 +2,11 @@
 the memory bandwidth.
 
 Why: a decode step at batch 1 multiplies one activation row by every weight of the model (269 MB in bf16 for
-SmolLM2-135M), so its floor is the weight bytes over the memory bandwidth, not FLOPs. oneDNN's bf16 GEMM, tuned
-for many rows, streams the weight at about 30-40 GB/s at M = 1 on this CPU; this kernel reaches about 45-55 GB/s
-(measured by tests/test_gemv.py's shapes; the bench in ch07/07 shows the step-level effect). It is what
-llama.cpp's and vLLM-cpu's small-batch paths do: a dot product per output row, many rows at once.
+SmolLM2-135M), so its floor is the weight bytes over the memory bandwidth, not FLOPs. Over weights larger than the
+caches, oneDNN's bf16 GEMM (tuned for many rows) streams them at about 30-36 GB/s at M = 1 on the repo's 2-core
+CPU; this kernel streams them at the machine's read bandwidth, about 40 GB/s there
+(`common.hardware.machine.measure_memory_bandwidth(kind="read")`); `make bench` shows the step-level effect. It is
+what llama.cpp's small-batch path does: a dot product per output row, many rows at once.
 
 How: the weight stays in its plain row-major [N, K] layout. Each work item is 16 output rows; for each
 activation row it walks K in 32-element steps with the AVX512-BF16 dot-product instruction (exact bf16
@@ -13,8 +14,8 @@ products, fp32 sums) into 16 accumulators, then reduces the 16 at once with the 
 rounds once to bf16 (as oneDNN rounds its fp32 sum). The 16-row items are spread over torch's threads with
 `at::parallel_for`. A second activation row re-reads the 16 rows from L1, not memory.
 
-Outputs equal F.linear's up to the order of the fp32 sum (tests/test_gemv.py: within one bf16 step of an fp32
-reference). CPUs without AVX512-BF16, and more than `GEMV_MAX_ROWS` rows, keep oneDNN.
+Outputs equal F.linear's up to the order of the fp32 sum (tests/test_gemv.py: within half a bf16 step of an fp32
+reference, plus the summation-order error). CPUs without AVX512-BF16, and more than `GEMV_MAX_ROWS` rows, keep oneDNN.
 """
 from __future__ import annotations
 
