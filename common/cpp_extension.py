@@ -20,6 +20,7 @@ from .paths import CACHE_DIR
 logger = logging.getLogger(__name__)
 
 CFLAGS = ["-O3", "-march=native", "-fopenmp"]
+LDFLAGS = ["-lgomp"]   # the OpenMP runtime -fopenmp compiles against
 
 # Included at the top of every kernel source: bf16 <-> fp32 and exp on 16 floats at a time (AVX-512), and the
 # scalar bf16 row loader. Rounding to bf16 is round-to-nearest-even, as PyTorch's bf16 ops round.
@@ -109,16 +110,20 @@ def load_cpu_extension(name: str, source: str, schemas: tuple[tuple[str, str], .
     library = f"\nTORCH_LIBRARY_FRAGMENT({NAMESPACE}, m) {{\n{registrations}\n}}\n"
     build_dir = CACHE_DIR / "torch_extensions" / name
     build_dir.mkdir(parents=True, exist_ok=True)
-    load_inline(name=name, cpp_sources=PRELUDE + source + library, extra_cflags=CFLAGS, extra_ldflags=["-lgomp"],
+    load_inline(name=name, cpp_sources=PRELUDE + source + library, extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
                 build_directory=str(build_dir), is_python_module=False)
 
 
-def kernel_ops():
-    """The namespace of the registered kernels (`torch.ops.llm_labs_kernels`).
+@functools.cache
+def bound_ops(name: str, source: str, schemas: tuple[tuple[str, str], ...]) -> tuple:
+    """The library's ops as bound overloads (`torch.ops.llm_labs_kernels.<op>.default`, the fastest way to call a
+    dispatcher op from Python), in the order of `schemas`; builds or loads the library first.
 
     本书无对应章节（工具）
     """
-    return getattr(torch.ops, NAMESPACE)
+    load_cpu_extension(name, source, schemas)
+    namespace = getattr(torch.ops, NAMESPACE)
+    return tuple(getattr(namespace, schema.split("(", 1)[0]).default for _, schema in schemas)
 
 
 def cpu_extension_available(name: str, source: str, schemas: tuple[tuple[str, str], ...], fallback: str) -> bool:

@@ -20,7 +20,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from common.cpp_extension import CFLAGS
+from common.cpp_extension import CFLAGS, LDFLAGS
 from common.paths import CACHE_DIR
 
 CPP_SOURCE = r"""
@@ -84,7 +84,7 @@ def load_cpp_extension(verbose: bool = False):
     start = time.perf_counter()
     # the repo's kernel flags: without -fopenmp, at::parallel_for in an extension runs on one core
     module = load_inline(name="llm_labs_fused_add_rms_norm", cpp_sources=CPP_SOURCE,
-                         functions=["fused_add_rms_norm"], extra_cflags=CFLAGS, extra_ldflags=["-lgomp"],
+                         functions=["fused_add_rms_norm"], extra_cflags=CFLAGS, extra_ldflags=LDFLAGS,
                          build_directory=str(build_dir), verbose=verbose)
     return module, time.perf_counter() - start
 

@@ -19,7 +19,7 @@ import functools
 
 import torch
 
-from ..cpp_extension import cpu_extension_available, kernel_ops, load_cpu_extension
+from ..cpp_extension import bound_ops, cpu_extension_available
 
 CPP_SOURCE = r"""
 using bf16 = at::BFloat16;
@@ -143,10 +143,8 @@ SCHEMAS = (("rms_norm", "rms_norm(Tensor x, Tensor weight, float eps) -> Tensor"
 
 @functools.cache
 def _ops():
-    """The four ops as bound overloads (the fastest way to call a dispatcher op from Python)."""
-    load_cpu_extension("llm_labs_cpu_ops", CPP_SOURCE, SCHEMAS)
-    ops = kernel_ops()
-    return tuple(getattr(ops, name).default for name, _ in SCHEMAS)
+    """The four ops, in SCHEMAS order (cached without arguments: called once per op on the hot path)."""
+    return bound_ops("llm_labs_cpu_ops", CPP_SOURCE, SCHEMAS)
 
 
 @functools.cache

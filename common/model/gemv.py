@@ -23,7 +23,7 @@ import functools
 
 import torch
 
-from ..cpp_extension import cpu_extension_available, kernel_ops, load_cpu_extension
+from ..cpp_extension import bound_ops, cpu_extension_available
 
 GEMV_MAX_ROWS = 2   # measured on this CPU: at M = 4 oneDNN's blocked GEMM wins on the MLP's up projection
 
@@ -42,7 +42,7 @@ bool gemv_supported() {
 static inline void dot_16_rows(const uint16_t* x, const uint16_t* w, int64_t K, int rows, __m512* acc) {
   for (int r = 0; r < 16; ++r) acc[r] = _mm512_setzero_ps();
   const int64_t whole = K / 32 * 32;
-  if (rows == 16) {
+  if (rows == 16) {   // the constant bound lets the compiler unroll and keep the 16 accumulators in registers
     for (int64_t k = 0; k < whole; k += 32) {
       const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
       for (int r = 0; r < 16; ++r) acc[r] = _mm512_dpbf16_ps(acc[r], xv, (__m512bh)_mm512_loadu_si512(w + r * K + k));
@@ -107,13 +107,13 @@ def gemv_available() -> bool:
     """
     if not cpu_extension_available("llm_labs_gemv", CPP_SOURCE, SCHEMAS, "small-batch linears run oneDNN"):
         return False
-    return bool(kernel_ops().gemv_supported())
+    return bool(_ops()[0]())
 
 
 @functools.cache
-def _gemv_op():
-    load_cpu_extension("llm_labs_gemv", CPP_SOURCE, SCHEMAS)
-    return kernel_ops().gemv_bf16.default
+def _ops():
+    """(gemv_supported, gemv_bf16), in SCHEMAS order (cached without arguments: called per linear on the hot path)."""
+    return bound_ops("llm_labs_gemv", CPP_SOURCE, SCHEMAS)
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -121,4 +121,4 @@ def gemv(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 
     定义于 第11章 §11.7
     """
-    return _gemv_op()(x.contiguous(), weight)
+    return _ops()[1](x.contiguous(), weight)

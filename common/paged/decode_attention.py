@@ -25,7 +25,7 @@ import functools
 
 import torch
 
-from ..cpp_extension import cpu_extension_available, kernel_ops, load_cpu_extension
+from ..cpp_extension import bound_ops, cpu_extension_available
 from .paged_attention import check_paged_inputs
 
 CPP_SOURCE = r"""
@@ -276,10 +276,8 @@ SCHEMAS = (("paged_decode_attention", "paged_decode_attention(Tensor q, Tensor k
 
 @functools.cache
 def _kernels():
-    """The two ops as bound overloads (`torch.ops.llm_labs_kernels.paged_decode_attention.default`, ...)."""
-    load_cpu_extension("llm_labs_paged_decode", CPP_SOURCE, SCHEMAS)
-    ops = kernel_ops()
-    return ops.paged_decode_attention.default, ops.paged_decode_write_attention.default
+    """(paged_decode_attention, paged_decode_write_attention), in SCHEMAS order."""
+    return bound_ops("llm_labs_paged_decode", CPP_SOURCE, SCHEMAS)
 
 
 @functools.cache
