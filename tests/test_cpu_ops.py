@@ -65,6 +65,20 @@ def test_silu_and_mul(rng):
     _assert_within_one_step(cpu_ops.silu_and_mul(gate_up), F.silu(gate) * up, 0.02)
 
 
+@pytest.mark.parametrize("vocab", [5, 16, 49152, 1003])
+def test_argmax_rows_equals_torch_argmax(vocab, rng):
+    # few distinct values: many ties, which must resolve to the first index as torch.argmax does
+    x = torch.randint(-4, 4, (9, vocab), generator=rng).bfloat16()
+    x[1] = float("-inf")                                   # all -inf: index 0
+    x[2, vocab // 2] = float("nan")                        # a NaN counts as the largest
+    x[3, vocab - 1] = float("nan")
+    x[3, 0] = float("inf")
+    x[4] = (torch.randn(vocab, generator=rng) * 8).bfloat16()
+    assert torch.equal(cpu_ops.argmax_rows(x), x.float().argmax(-1))
+    view = x[:, 1:]                                        # a strided view, one element shorter
+    assert torch.equal(cpu_ops.argmax_rows(view), view.float().argmax(-1))
+
+
 def test_bad_inputs_are_refused(rng):
     x = torch.randn(3, 8, generator=rng)
     with pytest.raises(RuntimeError, match="bf16"):
@@ -74,6 +88,10 @@ def test_bad_inputs_are_refused(rng):
     with pytest.raises(RuntimeError, match="do not match"):
         cpu_ops.rope_(torch.zeros(1, 5, 64).bfloat16(), torch.zeros(4, 16).bfloat16(), torch.zeros(4, 16).bfloat16(),
                       2, 16)
+    with pytest.raises(RuntimeError, match="rows, n"):
+        cpu_ops.argmax_rows(torch.zeros(2, 3, 4).bfloat16())
+    with pytest.raises(RuntimeError, match="rows, n"):
+        cpu_ops.argmax_rows(torch.zeros(2, 0).bfloat16())
 
 
 @torch.inference_mode()

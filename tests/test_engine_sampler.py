@@ -43,6 +43,17 @@ def test_greedy_and_top1_are_argmax(rng):
     assert torch.equal(sample(logits, _batch(5, top_k=1)), logits.argmax(-1))
 
 
+@torch.inference_mode()
+def test_greedy_bf16_batch_takes_the_same_tokens_as_the_fp32_path(rng):
+    # the all-greedy fast path reads bf16 logits in place (C++ argmax on CPU); ties go to the first index
+    logits = torch.randint(-3, 3, (7, 1000), generator=rng).bfloat16()
+    logits[3] = (torch.randn(1000, generator=rng) * 5).bfloat16()
+    assert torch.equal(sample(logits, _batch(7, temperature=0.0)), logits.float().argmax(-1))
+    banned = _batch(7, temperature=0.0)              # banned ids leave the fast path and are still honoured
+    banned.banned = [[int(t)] for t in logits.float().argmax(-1)]
+    assert not (sample(logits, banned) == logits.float().argmax(-1)).any()
+
+
 def test_seeded_rows_do_not_depend_on_batch_mates(rng):
     logits = torch.randn(4, 100, generator=rng)
     alone = sample(logits[:1], _batch(1, seeds=[7]))

@@ -9,6 +9,7 @@ from typing import Sequence as Seq
 
 import torch
 
+from ..model.cpu_ops import argmax_rows, use_cpu_ops
 from .sequence import Sequence
 
 
@@ -136,11 +137,23 @@ def apply_top_k_top_p(logits: torch.Tensor, top_k: torch.Tensor, top_p: torch.Te
     return torch.empty_like(logits).scatter_(-1, order, sorted_logits)
 
 
+def greedy_tokens(logits: torch.Tensor) -> torch.Tensor:
+    """argmax per row of logits [N, V]. On bf16 CPU logits a C++ kernel reads them in place (bf16 -> fp32 is exact
+    and keeps the order, so the ids equal argmax of the fp32 copy, ties to the first index).
+
+    定义于 第5章 §5.2
+    """
+    return argmax_rows(logits) if logits.dim() == 2 and use_cpu_ops(logits) else logits.float().argmax(-1)
+
+
 def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     """One token id per row of logits [N, V] (any float dtype). Returns a long tensor [N].
 
     定义于 第5章 §5.2
     """
+    greedy = batch.temperature == 0
+    if batch.penalties is None and not any(batch.banned) and bool(greedy.all()):
+        return greedy_tokens(logits)
     logits = logits.float()
     if any(batch.banned):
         logits = logits.clone()
@@ -149,7 +162,6 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
                 logits[row, ids] = float("-inf")
     if batch.penalties is not None:
         logits = apply_penalties(logits, batch.penalties)
-    greedy = batch.temperature == 0
     tokens = logits.argmax(-1)
     if bool(greedy.all()):
         return tokens

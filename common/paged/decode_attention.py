@@ -49,11 +49,13 @@ static inline float exp_shifted(float* x, int64_t n, float shift) {
   int64_t i = 0;
 #ifdef __AVX512F__
   const __m512 sh = _mm512_set1_ps(shift);
+  __m512 vsum = _mm512_setzero_ps();
   for (; i + 16 <= n; i += 16) {
     const __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(x + i), sh));   // -inf padding clamps to exp(-87) ~ 0
     _mm512_storeu_ps(x + i, p);
-    sum += _mm512_reduce_add_ps(p);
+    vsum = _mm512_add_ps(vsum, p);
   }
+  sum = _mm512_reduce_add_ps(vsum);
 #endif
   for (; i < n; ++i) { x[i] = std::exp(x[i] - shift); sum += x[i]; }
   return sum;
@@ -61,11 +63,54 @@ static inline float exp_shifted(float* x, int64_t n, float shift) {
 
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
 #define LLM_LABS_BF16_D64 1
+constexpr int64_t kPrefetchBlocks = 3;   // how far ahead pass 1 asks for K (measured: 1 is too late, 3-6 alike)
+// Ask for `rows` rows of 64 bf16 (two cache lines each) ahead of use: a sequence's blocks are scattered over the
+// pool, so the hardware prefetcher, which follows sequential streams, misses at every block boundary.
+static inline void prefetch_rows(const at::BFloat16* p, int64_t rows) {
+  const char* c = reinterpret_cast<const char*>(p);
+  for (int64_t i = 0; i < rows * 128; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+}
+
+// out[g] = inv[g] * sum_t p[g][t] v[t] (p unnormalised) over a sequence's V pages (head_dim 64), for the G
+// query heads of one kv head. Each V row is widened from bf16 once and feeds all G heads, whose 4G accumulators
+// stay in registers: 4G independent FMA chains per row (with 4 the chains' latency, not the FMA units, bounded it).
+template <int G>
+static void pv_pass(const at::BFloat16* v_head, const int32_t* table, int64_t len, int64_t block_size,
+                    const float* scores, int64_t padded, const float* inv, at::BFloat16* out, int64_t out_stride,
+                    int group = G) {
+  __m512 acc[G][4];
+  for (int g = 0; g < G; ++g)
+    for (int i = 0; i < 4; ++i) acc[g][i] = _mm512_setzero_ps();
+  for (int64_t t0 = 0; t0 < len; t0 += block_size) {
+    const at::BFloat16* block = v_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * 64;
+    const int64_t n = std::min(block_size, len - t0);
+    if (t0 + block_size < len)
+      prefetch_rows(v_head + static_cast<int64_t>(table[t0 / block_size + 1]) * block_size * 64,
+                    std::min(block_size, len - t0 - block_size));
+    for (int64_t j = 0; j < n; ++j) {
+      const at::BFloat16* row = block + j * 64;
+      const __m512 v0 = load_bf16x16(row), v1 = load_bf16x16(row + 16), v2 = load_bf16x16(row + 32),
+                   v3 = load_bf16x16(row + 48);
+      for (int g = 0; g < G; ++g) {
+        if (g >= group) break;
+        const __m512 pj = _mm512_set1_ps(scores[g * padded + t0 + j]);
+        acc[g][0] = _mm512_fmadd_ps(pj, v0, acc[g][0]);
+        acc[g][1] = _mm512_fmadd_ps(pj, v1, acc[g][1]);
+        acc[g][2] = _mm512_fmadd_ps(pj, v2, acc[g][2]);
+        acc[g][3] = _mm512_fmadd_ps(pj, v3, acc[g][3]);
+      }
+    }
+  }
+  for (int g = 0; g < G && g < group; ++g)
+    for (int i = 0; i < 4; ++i)
+      store_bf16x16(out + g * out_stride + 16 * i, _mm512_mul_ps(acc[g][i], _mm512_set1_ps(inv[g])));
+}
+
 // One (kv head, sequence) item for bf16 pages with head_dim 64: q·k with the bf16 dot-product instruction
 // (exact products, fp32 sums), 16 tokens per reduction tree; p·v in fp32 with the accumulators in registers.
 static void item_bf16_d64(const at::BFloat16* q, int64_t q_stride, int64_t group, const at::BFloat16* k_head,
                           const at::BFloat16* v_head, const int32_t* table, int64_t len, int64_t block_size,
-                          float scale, float* scores, int64_t padded, float* vbuf, at::BFloat16* out,
+                          float scale, float* scores, int64_t padded, at::BFloat16* out,
                           int64_t out_stride) {
   const __m512 vscale = _mm512_set1_ps(scale);
   for (int64_t g = 0; g < group; ++g) {   // pass 1: scores
@@ -74,6 +119,17 @@ static void item_bf16_d64(const at::BFloat16* q, int64_t q_stride, int64_t group
     for (int64_t t0 = 0; t0 < len; t0 += block_size) {
       const at::BFloat16* block = k_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * 64;
       const int64_t n_block = std::min(block_size, len - t0);
+      if (g == 0) {   // the first query head streams K from memory: ask for K blocks ahead, and this block's V
+        const int64_t ahead = t0 + kPrefetchBlocks * block_size;
+        if (t0 == 0)
+          for (int64_t a = block_size; a < std::min(ahead, len); a += block_size)
+            prefetch_rows(k_head + static_cast<int64_t>(table[a / block_size]) * block_size * 64,
+                          std::min(block_size, len - a));
+        if (ahead < len)
+          prefetch_rows(k_head + static_cast<int64_t>(table[ahead / block_size]) * block_size * 64,
+                        std::min(block_size, len - ahead));
+        prefetch_rows(v_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * 64, n_block);
+      }
       for (int64_t j0 = 0; j0 < n_block; j0 += 16) {
         __m512 s[16];
         const int64_t n = std::min<int64_t>(16, n_block - j0);
@@ -91,38 +147,22 @@ static void item_bf16_d64(const at::BFloat16* q, int64_t q_stride, int64_t group
       }
     }
   }
+  float inv[8];
   for (int64_t g = 0; g < group; ++g) {  // softmax per query head (the padding past len adds exp(-inf) = 0)
     float* sg = scores + g * padded;
     std::fill(sg + len, sg + padded, -INFINITY);
-    const float mx = *std::max_element(sg, sg + len);
-    const float inv = 1.f / exp_shifted(sg, padded, mx);
-    for (int64_t t = 0; t < len; ++t) sg[t] *= inv;
+    __m512 vmax = _mm512_set1_ps(-INFINITY);
+    for (int64_t t = 0; t < padded; t += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(sg + t));
+    inv[g] = 1.f / exp_shifted(sg, padded, _mm512_reduce_max_ps(vmax));   // applied to the output, not to each p
   }
-  __m512 acc[8][4];   // groups of up to 8 query heads per kv head stay in registers / L1
-  for (int64_t g = 0; g < group; ++g)
-    for (int i = 0; i < 4; ++i) acc[g][i] = _mm512_setzero_ps();
-  for (int64_t t0 = 0; t0 < len; t0 += block_size) {   // pass 2: one V row conversion serves the group
-    const at::BFloat16* block = v_head + static_cast<int64_t>(table[t0 / block_size]) * block_size * 64;
-    const int64_t n = std::min(block_size, len - t0);
-    load_row(block, vbuf, n * 64);
-    for (int64_t g = 0; g < group; ++g) {
-      const float* p = scores + g * padded + t0;
-      __m512 a0 = acc[g][0], a1 = acc[g][1], a2 = acc[g][2], a3 = acc[g][3];
-      for (int64_t j = 0; j < n; ++j) {
-        const __m512 pj = _mm512_set1_ps(p[j]);
-        const float* v = vbuf + j * 64;
-        a0 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v), a0);
-        a1 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 16), a1);
-        a2 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 32), a2);
-        a3 = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v + 48), a3);
-      }
-      acc[g][0] = a0; acc[g][1] = a1; acc[g][2] = a2; acc[g][3] = a3;
-    }
-  }
-  for (int64_t g = 0; g < group; ++g) {
-    float tmp[64];
-    for (int i = 0; i < 4; ++i) _mm512_storeu_ps(tmp + 16 * i, acc[g][i]);
-    for (int d = 0; d < 64; ++d) out[g * out_stride + d] = static_cast<at::BFloat16>(tmp[d]);
+  switch (group) {   // pass 2 with the group's accumulators in registers
+    case 1: pv_pass<1>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
+    case 2: pv_pass<2>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
+    case 3: pv_pass<3>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
+    case 4: pv_pass<4>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
+    case 5: pv_pass<5>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
+    case 6: pv_pass<6>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
+    default: pv_pass<8>(v_head, table, len, block_size, scores, padded, inv, out, out_stride, group); break;
   }
 }
 #endif
@@ -134,11 +174,16 @@ void decode_kernel(const T* q, const T* kc, const T* vc, const int32_t* tables, 
                    int64_t hq, int64_t hkv, int64_t batch, int64_t dim, int64_t num_blocks, int64_t block_size,
                    int64_t max_blocks, float scale) {
   const int64_t group = hq / hkv;
+  // Items (kv head, query row) in the order row 0, B-1, 1, B-2, ...: parallel_for hands each thread one contiguous
+  // range, and a step's prefill rows grow in length (causal), so this pairs short rows with long ones.
+  const auto row_of = [batch](int64_t item) {
+    const int64_t i = item % batch;
+    return i % 2 ? batch - 1 - i / 2 : i / 2;
+  };
   at::parallel_for(0, hkv * batch, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> qf(group * dim), acc(group * dim), row(dim), scores;
-    std::vector<float> vbuf;
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t h = item / batch, b = item % batch, len = lengths[b];
+      const int64_t h = item / batch, b = row_of(item), len = lengths[b];
       const int64_t padded = (len + 15) / 16 * 16;   // the exp loop runs in whole vectors
       const int32_t* table = tables + b * max_blocks;
       const T* k_head = kc + h * num_blocks * block_size * dim;
@@ -147,9 +192,13 @@ void decode_kernel(const T* q, const T* kc, const T* vc, const int32_t* tables, 
       if constexpr (std::is_same_v<T, at::BFloat16>) {
         if (dim == 64 && group <= 8) {
           scores.resize(group * padded);
-          vbuf.resize(block_size * 64);
+          if (item + 1 < end) {   // the next item's first K block, while this one computes
+            const int64_t nb = row_of(item + 1);
+            prefetch_rows(kc + ((item + 1) / batch * num_blocks + tables[nb * max_blocks]) * block_size * dim,
+                          std::min<int64_t>(block_size, lengths[nb]));
+          }
           item_bf16_d64(q + (h * group * batch + b) * dim, batch * dim, group, k_head, v_head, table, len, block_size,
-                        scale, scores.data(), padded, vbuf.data(), out + (h * group * batch + b) * dim, batch * dim);
+                        scale, scores.data(), padded, out + (h * group * batch + b) * dim, batch * dim);
           continue;
         }
       }

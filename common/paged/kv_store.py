@@ -17,8 +17,8 @@ from ..model.kv_math import kv_bytes_per_token
 from ..model.llama import LlamaConfig
 from .decode_attention import SUPPORTED_DTYPES, GatherDecode, KernelDecode, decode_kernel_available
 
-# layer, q [Hq, B, D], the new k and v [Hkv, B, D] -> attention output [Hq, B, D] of one query token per sequence
-# (the plan stores k and v at the decode tokens' slots first)
+# layer, q [Hq, B, D], the new k and v [Hkv, B, D] -> attention output [Hq, B, D] of B query rows, each over its
+# own pages and length (the plan stores k and v at the rows' slots first)
 DecodeAttention = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -29,7 +29,8 @@ class KVStore(Protocol):
     `write_rows` stores new K/V (the prefill tokens'), `gather_rows` returns a batch's pages in `dtype` in the
     [kv_heads, tokens, head_dim] layout the attention matmuls read, and `plan_decode` returns the step's
     decode attention, which also stores the decode tokens' K/V (the store picks how: a kernel over its own
-    pages, or write + gather + matmuls). A store sizes itself:
+    pages, or write + gather + matmuls). When `unified_attention` is true that plan takes the prefill tokens
+    too, and the step needs no other attention. A store sizes itself:
     `num_blocks_for_memory` divides a byte budget by its own `bytes_per_token` × block_size.
 
     定义于 第6章 §6.3.2
@@ -38,6 +39,7 @@ class KVStore(Protocol):
     num_blocks: int
     block_size: int
     dtype: torch.dtype              # what gather_rows returns (the model dtype)
+    unified_attention: bool         # plan_decode also serves prefill tokens (one attention call per layer)
 
     @classmethod
     def bytes_per_token(cls, config: LlamaConfig, dtype: torch.dtype) -> int: ...
@@ -200,14 +202,23 @@ class HeadMajorKVStore(PagedKVStore):
         return tuple(torch.index_select(c.view(-1, self.block_size, dim), 0, rows, out=o).view(heads, -1, dim)
                      for c, o in zip(caches, out))
 
-    def plan_decode(self, tables: list[list[int]], lengths: list[int], slots: list[int]) -> DecodeAttention:
-        """This step's decode attention for sequences with these block tables and lengths (the new token included),
-        whose new K/V go to these flat slots (block * block_size + offset).
+    @property
+    def unified_attention(self) -> bool:
+        """Whether `plan_decode` reads the pages in place (the C++ kernel: CPU, a bf16/fp32 store, a compiler).
+        Then a step's prefill tokens are query rows of the same plan, each with its own length (position + 1:
+        causal by construction), and one call per layer attends for the whole step (vLLM V1's unified attention).
+        The gather path would copy a chunk's pages once per token, so prefill chunks keep SDPA there."""
+        return (self.k_cache[0].device.type == "cpu" and self.dtype in SUPPORTED_DTYPES
+                and self.dtype == self.k_cache[0].dtype and decode_kernel_available())
 
-        On CPU with a bf16/fp32 store and the C++ kernel available: `KernelDecode` reads the pages in place.
-        Otherwise `GatherDecode` (gather + matmuls) through two buffers the store keeps across steps."""
-        if self.k_cache[0].device.type == "cpu" and self.dtype in SUPPORTED_DTYPES and self.dtype == \
-                self.k_cache[0].dtype and decode_kernel_available():
+    def plan_decode(self, tables: list[list[int]], lengths: list[int], slots: list[int]) -> DecodeAttention:
+        """This step's attention for query rows with these block tables and lengths (the row's own token included),
+        whose new K/V go to these flat slots (block * block_size + offset): one row per decoding sequence, and
+        when `unified_attention` one per prefill token too.
+
+        `KernelDecode` (when `unified_attention`) reads the pages in place. Otherwise `GatherDecode` (gather +
+        matmuls) through two buffers the store keeps across steps."""
+        if self.unified_attention:
             return KernelDecode(self, tables, lengths, slots)
         shape = (self.config.num_key_value_heads * len(tables) * max(len(t) for t in tables), self.block_size,
                  self.config.head_dim)
