@@ -15,6 +15,7 @@ from common.engine.sequence import Sequence
 from common.model.llama import LlamaConfig
 from common.models import load_config
 from common.paged import BlockManager, HeadMajorKVStore
+from common.paged.decode_attention import decode_kernel_available
 from common.quant.kv_int8 import dequantize_kv, quantize_kv
 from common.quant.kv_int8_paged import Int8HeadMajorKVStore
 
@@ -62,7 +63,9 @@ def test_runner_attention_equals_sdpa_over_the_store(kv_cache_dtype, rng):
     """Two steps through the runner's attention, fp32, GQA: step 1 = three prefills (two fresh, one
     chunk); step 2 = two decodes + the rest of the chunk over its cached prefix. Every query equals
     SDPA over the K/V the store holds to 1e-5 (the INT8 round trip is itself up to half a step per
-    value, far above that: the check tells the two stores apart)."""
+    value, far above that: the check tells the two stores apart). With the C++ kernel the bf16/fp32 store
+    attends every token, prefill included, through its one plan (unified attention); the INT8 store's prefill
+    chunks go through SDPA: both runner paths are checked."""
     bs, hq, hkv, dim = 4, CFG.num_attention_heads, CFG.num_key_value_heads, CFG.head_dim
     store = kv_store_class(kv_cache_dtype)(CFG, 32, bs, torch.float32)
     manager = BlockManager(32, bs)
@@ -80,6 +83,7 @@ def test_runner_attention_equals_sdpa_over_the_store(kv_cache_dtype, rng):
     other_store_error = 0.0     # how far the other store's reference is: the check must tell them apart
     for scheduled, num_decode in steps:
         meta = runner.prepare(scheduled, num_decode)
+        assert (meta.prefills == []) == store.unified_attention
         spans = [(s, range(s.num_computed, s.num_computed + n)) for s, n in scheduled]
         q = torch.randn(1, hq, meta.input_ids.shape[1], dim, generator=rng)
         k = torch.cat([k_all[s.seq_id][p.start:p.stop] for s, p in spans]).transpose(0, 1)[None]
@@ -99,6 +103,7 @@ def test_runner_attention_equals_sdpa_over_the_store(kv_cache_dtype, rng):
         for s, n in scheduled:
             s.num_computed += n
     assert other_store_error > 1e-3
+    assert store.unified_attention == (kv_cache_dtype == "auto" and decode_kernel_available())
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
