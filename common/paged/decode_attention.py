@@ -76,8 +76,7 @@ static inline void prefetch_rows(const at::BFloat16* p, int64_t rows) {
 // stay in registers: 4G independent FMA chains per row (with 4 the chains' latency, not the FMA units, bounded it).
 template <int G>
 static void pv_pass(const at::BFloat16* v_head, const int32_t* table, int64_t len, int64_t block_size,
-                    const float* scores, int64_t padded, const float* inv, at::BFloat16* out, int64_t out_stride,
-                    int group = G) {
+                    const float* scores, int64_t padded, const float* inv, at::BFloat16* out, int64_t out_stride) {
   __m512 acc[G][4];
   for (int g = 0; g < G; ++g)
     for (int i = 0; i < 4; ++i) acc[g][i] = _mm512_setzero_ps();
@@ -92,7 +91,6 @@ static void pv_pass(const at::BFloat16* v_head, const int32_t* table, int64_t le
       const __m512 v0 = load_bf16x16(row), v1 = load_bf16x16(row + 16), v2 = load_bf16x16(row + 32),
                    v3 = load_bf16x16(row + 48);
       for (int g = 0; g < G; ++g) {
-        if (g >= group) break;
         const __m512 pj = _mm512_set1_ps(scores[g * padded + t0 + j]);
         acc[g][0] = _mm512_fmadd_ps(pj, v0, acc[g][0]);
         acc[g][1] = _mm512_fmadd_ps(pj, v1, acc[g][1]);
@@ -101,10 +99,14 @@ static void pv_pass(const at::BFloat16* v_head, const int32_t* table, int64_t le
       }
     }
   }
-  for (int g = 0; g < G && g < group; ++g)
+  for (int g = 0; g < G; ++g)
     for (int i = 0; i < 4; ++i)
       store_bf16x16(out + g * out_stride + 16 * i, _mm512_mul_ps(acc[g][i], _mm512_set1_ps(inv[g])));
 }
+// pv_pass for group sizes 1..8, indexed by group - 1
+static void (*const kPvPass[8])(const at::BFloat16*, const int32_t*, int64_t, int64_t, const float*, int64_t,
+                                const float*, at::BFloat16*, int64_t) = {
+    pv_pass<1>, pv_pass<2>, pv_pass<3>, pv_pass<4>, pv_pass<5>, pv_pass<6>, pv_pass<7>, pv_pass<8>};
 
 // One (kv head, sequence) item for bf16 pages with head_dim 64: q·k with the bf16 dot-product instruction
 // (exact products, fp32 sums), 16 tokens per reduction tree; p·v in fp32 with the accumulators in registers.
@@ -155,15 +157,8 @@ static void item_bf16_d64(const at::BFloat16* q, int64_t q_stride, int64_t group
     for (int64_t t = 0; t < padded; t += 16) vmax = _mm512_max_ps(vmax, _mm512_loadu_ps(sg + t));
     inv[g] = 1.f / exp_shifted(sg, padded, _mm512_reduce_max_ps(vmax));   // applied to the output, not to each p
   }
-  switch (group) {   // pass 2 with the group's accumulators in registers
-    case 1: pv_pass<1>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
-    case 2: pv_pass<2>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
-    case 3: pv_pass<3>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
-    case 4: pv_pass<4>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
-    case 5: pv_pass<5>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
-    case 6: pv_pass<6>(v_head, table, len, block_size, scores, padded, inv, out, out_stride); break;
-    default: pv_pass<8>(v_head, table, len, block_size, scores, padded, inv, out, out_stride, group); break;
-  }
+  // pass 2 with the group's accumulators in registers
+  kPvPass[group - 1](v_head, table, len, block_size, scores, padded, inv, out, out_stride);
 }
 #endif
 
@@ -361,7 +356,8 @@ def check_decode_inputs(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.T
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                            block_tables: torch.Tensor, lengths: torch.Tensor, scale: float) -> torch.Tensor:
-    """One query token per sequence over its paged K/V: [Hq, B, D] in q's dtype (CPU, bf16 or fp32).
+    """B query rows, each over its own paged K/V up to its length (one decoding sequence, or one prompt token):
+    [Hq, B, D] in q's dtype (CPU, bf16 or fp32).
 
     q [Hq, B, D]; k_cache/v_cache [Hkv, num_blocks, block_size, D], one layer of a head-major store;
     block_tables [B, M] int32 (entries past a sequence's length must be valid ids and are never read); lengths [B]
