@@ -147,12 +147,14 @@ def build_all() -> dict[str, bool]:
 
     本书无对应章节（工具）
     """
+    from .model.cpu_layer import cpu_layer_available
     from .model.cpu_ops import cpu_ops_available
-    from .model.gemv import gemv_available
+    from .model.packed_gemm import packed_gemm_available
     from .paged.decode_attention import decode_kernel_available
 
     return {"fused layer kernels (common.model.cpu_ops)": cpu_ops_available(),
-            "bf16 GEMV for batch-1/2 linears (common.model.gemv)": gemv_available(),
+            "bf16 GEMM for the serving linears (common.model.packed_gemm)": packed_gemm_available(),
+            "a layer in two calls (common.model.cpu_layer)": cpu_layer_available(),
             "paged decode attention (common.paged.decode_attention)": decode_kernel_available()}
 
 

@@ -65,7 +65,7 @@ MODULE_SECTIONS: dict[str, str | None] = {
     "common.hardware.cost": "10.6", "common.hardware.gpu_specs": "3.7.8", "common.hardware.machine": "3.2.4",
     "common.hardware.memory_calc": "3.3", "common.hardware.monitor": "3.4.3", "common.hardware.occupancy": "3.2.7",
     "common.hardware.peak_memory": "3.3", "common.hardware.roofline": "3.2.4", "common.model.attention": "5.3",
-    "common.model.cpu_ops": "11.7", "common.model.gemv": "11.7",
+    "common.model.cpu_ops": "11.7", "common.model.packed_gemm": "11.7", "common.model.cpu_layer": "11.7",
     "common.model.fused": "11.7", "common.model.generate": "5.2", "common.model.kv_cache": "5.4",
     "common.model.kv_math": "6.4", "common.model.layers": "6.1", "common.model.llama": "6.1",
     "common.model.model_shapes": "3.3", "common.models": None, "common.models.__main__": None,

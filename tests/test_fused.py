@@ -25,7 +25,7 @@ def test_fused_model_matches_unfused(dtype, tol, rng):
     attn, mlp = fused.layers[0].self_attn, fused.layers[0].mlp
     assert not hasattr(attn, "q_proj") and not hasattr(mlp, "gate_proj")
     assert attn.qkv_proj.weight.shape[0] == sum(attn.qkv_sizes)
-    # oneDNN copies exactly where can_prepack says (bf16 CPU), never in fp32 (the exactness path)
+    # packed copies exactly where can_prepack says (bf16 CPU), never in fp32 (the exactness path)
     assert all((m.packed_weight is not None) == can_prepack(m.weight)
                for m in fused.modules() if isinstance(m, PrepackedLinear))
 
@@ -50,7 +50,7 @@ def test_prepacked_copy_survives_deepcopy_and_follows_to(rng):
     assert twin.lm_head.weight is twin.embed_tokens.weight   # still tied
     with torch.inference_mode():
         assert torch.equal(twin(ids), fused(ids))
-        twin.float()   # .to(fp32): the oneDNN copy is dropped (fp32 runs F.linear)
+        twin.float()   # .to(fp32): the packed copy is dropped (fp32 runs F.linear)
         assert twin.lm_head.packed_weight is None
         reference = load_model("tiny", torch.bfloat16).float()   # the same bf16-rounded weights, unfused, fp32
         torch.testing.assert_close(twin(ids), reference(ids), rtol=0, atol=1e-5)
@@ -139,7 +139,7 @@ def test_prepacked_copy_follows_in_place_weight_edits(rng):
 
 def test_prepacked_copy_follows_a_swapped_data_tensor(rng):
     """`weight.data = other` (a common idiom) leaves the version counter alone: the next call still uses `other`,
-    on the oneDNN path (3 rows) and the GEMV path (1 row) alike."""
+    at one row and at three alike."""
     linear = PrepackedLinear(64, 48).bfloat16()
     new = torch.randn(48, 64, generator=rng).bfloat16()
     linear.weight.data = new

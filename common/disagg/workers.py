@@ -46,7 +46,7 @@ def prefill(model: Llama, prompt_ids: list[int]) -> tuple[int, torch.Tensor, tor
 def prefill_worker(core: int | None, model_name: str, dtype: str, fuse: bool, pool_spec: tuple, warmup_len: int,
                    inbox, to_decode, freed, ready) -> None:
     """inbox: (request_id, prompt_ids, max_tokens, arrival) or None. freed: block ids the decode side returns.
-    warmup_len: prompt length of the warm-up prefill (oneDNN builds its kernels for the shapes it meets).
+    warmup_len: prompt length of the warm-up prefill (the first calls load the kernels and fault in their memory).
 
     定义于 第7章 §7.7.4
     """

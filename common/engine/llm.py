@@ -55,7 +55,7 @@ class LLM:
         cfg = self.engine_config = EngineConfig.build(config, **overrides)
         if isinstance(model, Llama):   # used as given, never modified (unfused, fused or quantized)
             self.model, self.model_name = model, None
-        else:   # a registry name: the serving layout (packed QKV / gate-up, oneDNN-prepacked bf16; common.model.fused)
+        else:   # a registry name: the serving layout (packed QKV / gate-up, packed bf16 weights; common.model.fused)
             from ..models import load_model
             self.model = load_model(model, parse_dtype(cfg.dtype), cfg.device, fused=True)
             self.model_name = model

@@ -1,5 +1,5 @@
 """The serving layout of the Llama, chosen when the model is built: one packed QKV projection, one packed
-gate/up projection, and on CPU bf16 weights prepacked for oneDNN.
+gate/up projection, and on CPU bf16 weights packed once for the repo's bf16 GEMM (common.model.packed_gemm).
 
 `Llama(config, fused=True)` / `load_model(name, fused=True)` build it (and `common.engine.LLM("name")`
 loads it); the unfused model with q_proj/k_proj/v_proj/gate_proj/up_proj, what chapters 4-6 teach, stays
@@ -7,10 +7,11 @@ the default. Nothing is patched onto a built model.
 
 Why: at decode batch sizes every matmul of a 135M model is small (M = batch, K = 576), so per-call
 overhead and weight layout matter as much as FLOPs. Packing q/k/v (and gate/up) turns 5 matmuls per
-layer into 2 larger ones, and `torch.ops.mkldnn._reorder_linear_weight` stores the weight in oneDNN's
-blocked layout once instead of reordering it on every call (what vLLM-cpu and torch.compile's freezing
-do). Outputs are the same function: bf16 results equal F.linear's on this machine; fp32 and GPU weights
-are not prepacked and run F.linear, so fp32 stays exact against transformers.
+layer into 2 larger ones, and `pack_weight` stores each bf16 weight once in the order the dot-product
+instruction reads it instead of reordering it on every call (what vLLM-cpu and torch.compile's freezing do
+with oneDNN's blocked layout). Outputs are the same function: bf16 results equal F.linear's up to the order
+of the fp32 sums; fp32 and GPU weights are not packed and run F.linear, so fp32 stays exact against
+transformers.
 
 Loading: a checkpoint stores q/k/v and gate/up as separate tensors. `pack_state_dict` concatenates them
 into the rows of qkv_proj / gate_up_proj (the idea of nano-vLLM's `packed_modules_mapping`, applied once
@@ -24,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gemv import GEMV_MAX_ROWS, gemv, gemv_available
+from .packed_gemm import can_pack, pack_weight, packed_gemm
 
 # packed module -> the checkpoint modules whose weights it holds, in row order
 PACKED_MODULES: dict[str, tuple[str, ...]] = {
@@ -34,22 +35,22 @@ PACKED_MODULES: dict[str, tuple[str, ...]] = {
 
 
 def can_prepack(weight: torch.Tensor) -> bool:
-    """oneDNN prepacking: CPU tensors in bf16 (if the CPU has bf16 support); fp32 stays on F.linear
-    so fp32 runs keep the exact kernels transformers uses (the fp32 exactness check).
+    """Packing for the repo's bf16 GEMM (`common.model.packed_gemm.can_pack`): CPU bf16 weights whose shape fits;
+    fp32 stays on F.linear so fp32 runs keep the exact kernels transformers uses (the fp32 exactness check).
 
     定义于 第11章 §11.7
     """
-    return (weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and weight.dtype == torch.bfloat16 and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return can_pack(weight)
 
 
 class PrepackedLinear(nn.Linear):
-    """An nn.Linear that, after `prepack()`, multiplies by a oneDNN-blocked copy of its bf16 CPU weight, or at
-    one or two rows (batch-1/2 decode) by the plain weight through the bf16 GEMV kernel (common.model.gemv).
+    """An nn.Linear that, after `prepack()`, multiplies by a packed copy of its bf16 CPU weight through the repo's
+    bf16 GEMM (common.model.packed_gemm), at every batch size: batch-1 decode and prefill alike.
 
     `weight` stays the ordinary dense parameter (state_dict, quantization and fp32/GPU use it); the copy is
     derived state, never stale: replacing the module (e.g. by a quantized one) drops it, `.to()` rebuilds it,
     and an in-place edit of `weight` (its version counter moves) or a swap of its `.data` rebuilds it at the next call.
+    A layer with a bias keeps F.linear.
 
     定义于 第11章 §11.7
     """
@@ -59,18 +60,12 @@ class PrepackedLinear(nn.Linear):
         self.packed_weight: torch.Tensor | None = None
         # (the weight, its version, its storage address) the copy was made from
         self.packed_from: tuple[torch.Tensor, int, int] | None = None
-        self.gemv_max_numel = 0   # inputs up to this many elements (GEMV_MAX_ROWS rows) take the bf16 GEMV kernel
 
     @torch.no_grad()
     def prepack(self) -> None:
-        """Build the oneDNN copy if the weight qualifies (`can_prepack`), else run F.linear."""
+        """Build the packed copy if the weight qualifies (`can_prepack`, no bias), else run F.linear."""
         weight = self.weight
-        # 64 is a batch-size hint only: oneDNN picks the blocked layout for this M, any M runs
-        self.packed_weight = (torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 64)
-                              if can_prepack(weight) else None)
-        small_batch_kernel = (self.packed_weight is not None and self.bias is None and weight.is_contiguous()
-                              and gemv_available())
-        self.gemv_max_numel = GEMV_MAX_ROWS * self.in_features if small_batch_kernel else 0
+        self.packed_weight = pack_weight(weight.detach()) if self.bias is None and can_prepack(weight) else None
         # inference tensors keep no version counter (and cannot be edited outside inference mode)
         self.packed_from = (weight, -1 if weight.is_inference() else weight._version, weight.data_ptr())
 
@@ -81,14 +76,16 @@ class PrepackedLinear(nn.Linear):
         return (current is weight and (version == -1 or current._version == version)
                 and current.data_ptr() == address)
 
+    def current_packed(self) -> torch.Tensor | None:
+        """The packed copy of the weight as it is now (rebuilt if it was replaced or edited in place since), or
+        None when F.linear runs."""
+        if self.packed_weight is not None and not self._packed_is_current():
+            self.prepack()
+        return self.packed_weight
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed_weight is not None:
-            if not self._packed_is_current():   # weight replaced or edited in place since prepack
-                self.prepack()
-            if x.numel() <= self.gemv_max_numel:   # batch 1-2 decode: stream the plain weight once (common.model.gemv)
-                return gemv(x, self._parameters["weight"])
-            return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
-        return F.linear(x, self.weight, self.bias)
+        packed = self.current_packed()
+        return F.linear(x, self.weight, self.bias) if packed is None else packed_gemm(x, packed, self.out_features)
 
     def _apply(self, fn, recurse: bool = True):   # .to(), .bfloat16(), ...: the copy follows the new weight
         self.packed_weight = None
@@ -96,7 +93,7 @@ class PrepackedLinear(nn.Linear):
         self.prepack()
         return out
 
-    def __getstate__(self) -> dict:   # deepcopy / pickle: oneDNN's opaque tensor has no storage to copy
+    def __getstate__(self) -> dict:   # deepcopy / pickle: the copy is derived, rebuilt on load
         return {**super().__getstate__(), "packed_weight": None, "packed_from": None}
 
     def __setstate__(self, state: dict) -> None:

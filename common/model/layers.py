@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_ops
 from .fused import PrepackedLinear
 
 
@@ -70,8 +69,8 @@ class SwiGLU(nn.Module):
     """down(silu(gate(x)) * up(x)): the gated MLP of Llama.
 
     fused=True (the serving layout, common.model.fused) holds gate and up as one packed `gate_up_proj` (one
-    matmul, split after) and uses oneDNN-prepacked linears, and on CPU bf16 the fused `silu_and_mul`
-    kernel (common.model.cpu_ops); the default is the teaching layout.
+    matmul, split after) with prepacked linears (on CPU bf16 the whole layer runs in C++, see
+    `DecoderLayer`); the default is the teaching layout.
 
     定义于 第6章 §6.1
     """
@@ -90,10 +89,7 @@ class SwiGLU(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fused:
-            gate_up = self.gate_up_proj(x)
-            if cpu_ops.use_cpu_ops(gate_up):
-                return self.down_proj(cpu_ops.silu_and_mul(gate_up))
-            gate, up = gate_up.split(self.gate_up_sizes, dim=-1)
+            gate, up = self.gate_up_proj(x).split(self.gate_up_sizes, dim=-1)
         else:
             gate, up = self.gate_proj(x), self.up_proj(x)
         return self.down_proj(F.silu(gate) * up)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from . import cpu_ops
+from . import cpu_layer, cpu_ops
 from .attention import sdpa
 from .fused import PrepackedLinear, pack_state_dict, prepack_linears
 from .layers import RMSNorm, RotaryEmbedding, SwiGLU, apply_rope
@@ -88,8 +88,7 @@ class Attention(nn.Module):
     """Grouped-query self-attention with RoPE, using whatever KV cache the caller passes.
 
     fused=True (the serving layout, common.model.fused) holds q, k and v as one packed `qkv_proj` (one matmul,
-    split after) and uses oneDNN-prepacked linears, and on CPU bf16 rotates q and k in place with the fused
-    `rope_` kernel (common.model.cpu_ops); the default is the teaching layout.
+    split after) with prepacked linears; the default is the teaching layout.
 
     定义于 第6章 §6.1
     """
@@ -113,27 +112,34 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: AttentionCache | None) -> torch.Tensor:
-        batch, seq, _ = x.shape
-        rotated = False
         if self.fused:
-            qkv = self.qkv_proj(x)
-            if cpu_ops.use_cpu_ops(qkv) and cos.dim() == 2:   # one position row shared by the batch
-                cpu_ops.rope_(qkv, cos, sin, self.num_heads + self.num_kv_heads, self.head_dim)
-                rotated = True
-            q, k, v = qkv.split(self.qkv_sizes, dim=-1)
+            q, k, v = self.qkv_proj(x).split(self.qkv_sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
-        q = q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2)
-        k = k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        if not rotated:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = self.split_heads(q, k, v)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        return self.o_proj(self.attend(q, k, v, cache))
+
+    def split_heads(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """[batch, seq, heads * head_dim] projections -> [batch, heads, seq, head_dim] views."""
+        batch, seq, _ = q.shape
+        return (q.view(batch, seq, self.num_heads, self.head_dim).transpose(1, 2),
+                k.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2),
+                v.view(batch, seq, self.num_kv_heads, self.head_dim).transpose(1, 2))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               cache: AttentionCache | None) -> torch.Tensor:
+        """Causal attention of rotated q over k, v (and the cache's earlier keys): [batch, seq, heads * head_dim]."""
+        batch, _, seq, _ = q.shape
         out = sdpa(q, k, v, causal=True) if cache is None else cache.attend(self.layer_idx, q, k, v)
-        return self.o_proj(out.transpose(1, 2).reshape(batch, seq, -1))
+        return out.transpose(1, 2).reshape(batch, seq, -1)
 
 
 class DecoderLayer(nn.Module):
     """One decoder layer: RMSNorm, attention, residual, RMSNorm, SwiGLU MLP, residual.
+
+    The serving layout on CPU bf16, with its four linears packed (`packed_linears`), runs the layer as two C++ calls
+    around the attention (`forward_cpu`, common.model.cpu_layer): the same kernels, without Python's cost per op.
 
     定义于 第6章 §6.1
     """
@@ -147,13 +153,31 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 cache: AttentionCache | None) -> torch.Tensor:
-        if self.fused and cpu_ops.use_cpu_ops(x):   # serving layout, CPU bf16: norms fused with the residual add
-            eps = self.input_layernorm.eps
-            attn = self.self_attn(cpu_ops.rms_norm(x, self.input_layernorm.weight, eps), cos, sin, cache)
-            x, h = cpu_ops.add_rms_norm(attn, x, self.post_attention_layernorm.weight, eps)
-            return x + self.mlp(h)
+        if self.fused and cos.dim() == 2 and cpu_ops.use_cpu_ops(x) and cpu_layer.cpu_layer_available():
+            packed = self.packed_linears()
+            if packed is not None:
+                return self.forward_cpu(x, cos, sin, cache, packed)
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def packed_linears(self) -> tuple[torch.Tensor, ...] | None:
+        """The packed weights of (qkv, o, gate/up, down) as they are now, or None if any linear is not packed
+        (fp32, GPU, or replaced, e.g. by a quantized linear)."""
+        attn, mlp = self.self_attn, self.mlp
+        packed = tuple(linear.current_packed() if isinstance(linear, PrepackedLinear) else None
+                       for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj))
+        return None if any(p is None for p in packed) else packed
+
+    def forward_cpu(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: AttentionCache | None,
+                    packed: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """The same layer as two C++ calls around the attention (cos/sin [seq, head_dim], shared by the batch)."""
+        attn, (qkv_weight, o_weight, gate_up_weight, down_weight) = self.self_attn, packed
+        eps = self.input_layernorm.eps
+        qkv = cpu_layer.attention_input(x, self.input_layernorm.weight, eps, qkv_weight, cos, sin,
+                                        attn.num_heads + attn.num_kv_heads, attn.head_dim)
+        out = attn.attend(*attn.split_heads(*qkv.split(attn.qkv_sizes, dim=-1)), cache)
+        return cpu_layer.attention_output_and_mlp(out, x, o_weight, self.post_attention_layernorm.weight, eps,
+                                                  gate_up_weight, down_weight)
 
 
 class Llama(nn.Module):
@@ -161,7 +185,8 @@ class Llama(nn.Module):
 
     fused=False (default): the teaching layout, one nn.Linear per checkpoint tensor (q_proj, k_proj, ...).
     fused=True: the serving layout (common.model.fused): packed qkv_proj and gate_up_proj, every linear
-    oneDNN-prepacked on CPU bf16 once the weights are loaded. Same function, fewer and faster matmuls.
+    packed for the repo's bf16 GEMM on CPU once the weights are loaded (common.model.packed_gemm), each layer two
+    C++ calls around its attention there (common.model.cpu_layer). Same function, fewer and faster matmuls.
 
     定义于 第6章 §6.1
     """

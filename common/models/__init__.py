@@ -42,7 +42,8 @@ def load_tokenizer(name: str):
 def load_model(name: str, dtype: torch.dtype | str = torch.float32, device: str | torch.device | None = None,
                fused: bool = False) -> Llama:
     """The from-scratch model with the registry's weights, in eval mode. fused=True: the serving layout
-    (packed QKV and gate/up, oneDNN-prepacked bf16 on CPU; common.model.fused), what `common.engine.LLM` loads.
+    (packed QKV and gate/up, bf16 weights packed for common.model.packed_gemm on CPU; common.model.fused), what
+    `common.engine.LLM` loads.
 
     本书无对应章节（工具）
     """

@@ -175,7 +175,7 @@ def int4pack_model(model: nn.Module, group_size: int = 128) -> nn.Module:
     nn.Linear is first RTN-quantized (asymmetric, `group_size`). The kernel computes in the model's dtype.
     On the serving layout (`load_model(name, fused=True)`, common.model.fused) the packed qkv_proj and gate_up_proj
     become one kernel call each (groups run along K, so packing the rows changes no code or scale); the LM
-    head keeps its dtype (oneDNN-prepacked there).
+    head keeps its dtype (packed for common.model.packed_gemm there).
 
     定义于 第8章 §8.3
     """
