@@ -160,23 +160,29 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def packed_linears(self) -> tuple[torch.Tensor, ...] | None:
+    def packed_linears(self) -> list[torch.Tensor] | None:
         """The packed weights of (qkv, o, gate/up, down) as they are now, or None if any linear is not packed
         (fp32, GPU, or replaced, e.g. by a quantized linear)."""
-        attn, mlp = self.self_attn, self.mlp
-        packed = tuple(linear.current_packed() if isinstance(linear, PrepackedLinear) else None
-                       for linear in (attn.qkv_proj, attn.o_proj, mlp.gate_up_proj, mlp.down_proj))
-        return None if any(p is None for p in packed) else packed
+        # submodules read from _modules: nn.Module.__getattr__ costs ~0.5 us, and a step makes hundreds of reads
+        attn, mlp = self._modules["self_attn"]._modules, self._modules["mlp"]._modules
+        packed = []
+        for linear in (attn["qkv_proj"], attn["o_proj"], mlp["gate_up_proj"], mlp["down_proj"]):
+            weight = linear.current_packed() if isinstance(linear, PrepackedLinear) else None
+            if weight is None:
+                return None
+            packed.append(weight)
+        return packed
 
     def forward_cpu(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: AttentionCache | None,
-                    packed: tuple[torch.Tensor, ...]) -> torch.Tensor:
+                    packed: list[torch.Tensor]) -> torch.Tensor:
         """The same layer as two C++ calls around the attention (cos/sin [seq, head_dim], shared by the batch)."""
-        attn, (qkv_weight, o_weight, gate_up_weight, down_weight) = self.self_attn, packed
-        eps = self.input_layernorm.eps
-        qkv = cpu_layer.attention_input(x, self.input_layernorm.weight, eps, qkv_weight, cos, sin,
+        modules = self._modules   # not self.<name>: see packed_linears
+        attn, norm1, norm2 = modules["self_attn"], modules["input_layernorm"], modules["post_attention_layernorm"]
+        qkv_weight, o_weight, gate_up_weight, down_weight = packed
+        qkv = cpu_layer.attention_input(x, norm1._parameters["weight"], norm1.eps, qkv_weight, cos, sin,
                                         attn.num_heads + attn.num_kv_heads, attn.head_dim)
         out = attn.attend(*attn.split_heads(*qkv.split(attn.qkv_sizes, dim=-1)), cache)
-        return cpu_layer.attention_output_and_mlp(out, x, o_weight, self.post_attention_layernorm.weight, eps,
+        return cpu_layer.attention_output_and_mlp(out, x, o_weight, norm2._parameters["weight"], norm2.eps,
                                                   gate_up_weight, down_weight)
 
 
