@@ -51,13 +51,13 @@ static inline void gemm_tile(const uint16_t* x, int64_t K, const uint16_t* w, ui
   __m512 acc[MT][NV];
   for (int i = 0; i < MT; ++i)
     for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_setzero_ps();
-  const int64_t pairs = K / 2;
-  const int32_t* x_pairs = reinterpret_cast<const int32_t*>(x);   // (x[2p], x[2p + 1]) as one 32-bit word
-  for (int64_t p = 0; p < pairs; ++p) {
+  for (int64_t p = 0; p < K / 2; ++p) {
     __m512bh wv[NV];
     for (int j = 0; j < NV; ++j) wv[j] = (__m512bh)_mm512_loadu_si512(w + (p * NV + j) * 32);
     for (int i = 0; i < MT; ++i) {
-      const __m512bh xv = (__m512bh)_mm512_set1_epi32(x_pairs[i * pairs + p]);
+      int32_t pair;   // (x[2p], x[2p + 1]) as one 32-bit word, broadcast to the 16 lanes
+      std::memcpy(&pair, x + i * K + 2 * p, sizeof pair);
+      const __m512bh xv = (__m512bh)_mm512_set1_epi32(pair);
       for (int j = 0; j < NV; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
     }
   }
