@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from common.engine import LLM, SamplingParams
-from common.model.fused import PrepackedLinear, can_prepack, pack_state_dict
+from common.model.fused import PrepackedLinear, pack_state_dict
+from common.model.packed_gemm import can_pack
 from common.model.generate import greedy_generate
 from common.models import load_hf_model, load_model
 from common.quant.qlinear import QuantLinear, quantize_model
@@ -25,8 +26,8 @@ def test_fused_model_matches_unfused(dtype, tol, rng):
     attn, mlp = fused.layers[0].self_attn, fused.layers[0].mlp
     assert not hasattr(attn, "q_proj") and not hasattr(mlp, "gate_proj")
     assert attn.qkv_proj.weight.shape[0] == sum(attn.qkv_sizes)
-    # packed copies exactly where can_prepack says (bf16 CPU), never in fp32 (the exactness path)
-    assert all((m.packed_weight is not None) == can_prepack(m.weight)
+    # packed copies exactly where can_pack says (bf16 CPU), never in fp32 (the exactness path)
+    assert all((m.packed_weight is not None) == can_pack(m.weight)
                for m in fused.modules() if isinstance(m, PrepackedLinear))
 
 

@@ -34,15 +34,6 @@ PACKED_MODULES: dict[str, tuple[str, ...]] = {
 }
 
 
-def can_prepack(weight: torch.Tensor) -> bool:
-    """Packing for the repo's bf16 GEMM (`common.model.packed_gemm.can_pack`): CPU bf16 weights whose shape fits;
-    fp32 stays on F.linear so fp32 runs keep the exact kernels transformers uses (the fp32 exactness check).
-
-    定义于 第11章 §11.7
-    """
-    return can_pack(weight)
-
-
 class PrepackedLinear(nn.Linear):
     """An nn.Linear that, after `prepack()`, multiplies by a packed copy of its bf16 CPU weight through the repo's
     bf16 GEMM (common.model.packed_gemm), at every batch size: batch-1 decode and prefill alike.
@@ -63,9 +54,10 @@ class PrepackedLinear(nn.Linear):
 
     @torch.no_grad()
     def prepack(self) -> None:
-        """Build the packed copy if the weight qualifies (`can_prepack`, no bias), else run F.linear."""
+        """Build the packed copy if the weight qualifies (`can_pack`: bf16 on CPU, a shape that fits) and there is
+        no bias; else run F.linear (so fp32 keeps the exact kernels transformers uses)."""
         weight = self.weight
-        self.packed_weight = pack_weight(weight.detach()) if self.bias is None and can_prepack(weight) else None
+        self.packed_weight = pack_weight(weight.detach()) if self.bias is None and can_pack(weight) else None
         # inference tensors keep no version counter (and cannot be edited outside inference mode)
         self.packed_from = (weight, -1 if weight.is_inference() else weight._version, weight.data_ptr())
 
