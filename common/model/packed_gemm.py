@@ -31,10 +31,11 @@ import torch
 
 from ..cpp_extension import bound_ops, cpu_extension_available
 
-GROUP_COLUMNS = 48   # output columns per packed group: 3 vectors of 16, the register tile's width
+GROUP_COLUMNS = 48   # output columns per packed group: 3 vectors of 16, the register tile's width (the C++
+#                      kernel reads it; its switch covers tiles of 1-3 vectors)
 COLUMN_MULTIPLE = 16  # a group's width must be whole 16-column vectors
 
-CPP_SOURCE = r"""
+CPP_SOURCE = f"constexpr int64_t kGroupColumns = {GROUP_COLUMNS};   // pack_weight's groups\n" + r"""
 bool packed_gemm_supported() {
 #if defined(__AVX512F__) && defined(__AVX512BF16__)
   return true;
@@ -85,7 +86,7 @@ static void gemm_group(const uint16_t* x, int64_t M, int64_t K, const uint16_t* 
 }
 #endif
 
-// y [..., N] = x [..., K] @ w^T for w [N, K] packed by pack_weight (GROUP_COLUMNS = 48); bf16 in and out, fp32 sums.
+// y [..., N] = x [..., K] @ w^T for w [N, K] packed by pack_weight (groups of kGroupColumns); bf16 in/out, fp32 sums.
 torch::Tensor packed_gemm(torch::Tensor x, torch::Tensor packed, int64_t N) {
   TORCH_CHECK(packed_gemm_supported(), "packed_gemm needs AVX512-BF16");
   TORCH_CHECK(x.device().is_cpu() && packed.device().is_cpu() && x.scalar_type() == torch::kBFloat16 &&
@@ -102,11 +103,11 @@ torch::Tensor packed_gemm(torch::Tensor x, torch::Tensor packed, int64_t N) {
   const uint16_t* xp = reinterpret_cast<const uint16_t*>(x.data_ptr<at::BFloat16>());
   const uint16_t* wp = reinterpret_cast<const uint16_t*>(packed.data_ptr<at::BFloat16>());
   uint16_t* yp = reinterpret_cast<uint16_t*>(y.data_ptr<at::BFloat16>());
-  at::parallel_for(0, (N + 47) / 48, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, (N + kGroupColumns - 1) / kGroupColumns, 1, [&](int64_t begin, int64_t end) {
     for (int64_t group = begin; group < end; ++group) {
-      const int64_t n0 = group * 48;
-      const uint16_t* w = wp + n0 * K;   // groups before this one hold 48 columns each
-      switch (std::min<int64_t>(48, N - n0) / 16) {
+      const int64_t n0 = group * kGroupColumns;
+      const uint16_t* w = wp + n0 * K;   // groups before this one are full
+      switch (std::min<int64_t>(kGroupColumns, N - n0) / 16) {
         case 3: gemm_group<3>(xp, M, K, w, yp + n0, N); break;
         case 2: gemm_group<2>(xp, M, K, w, yp + n0, N); break;
         default: gemm_group<1>(xp, M, K, w, yp + n0, N); break;
